@@ -1,0 +1,203 @@
+"""Configuration: one typed schema, JSON files for values, dotted overrides on the command line.
+
+    python train.py --config config/config.json train.epochs=3 data.root=/data/celeba
+
+The dataclasses below are the schema and the defaults (the CelebA setup). A config file
+sets any subset of keys; an override `section.key=value` parses `value` as JSON when it
+can (numbers, true/false, lists) and as a plain string otherwise. Unknown keys, wrong
+types and impossible values raise ConfigError with a one-line message naming the key.
+"""
+
+import argparse
+import json
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from src.errors import ConfigError
+
+DEFAULT_CONFIG = "config/config.json"
+DATASETS = ("celeba", "folder", "synthetic")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "celeba"              # celeba | folder | synthetic
+    root: str = "data/celeba"            # CelebA root (any supported layout) or image folder
+    image_size: int = 64
+    center_crop: int = 148               # crop of the 178-px-wide aligned frame; 0 = largest centred square
+    cache_dir: str = "data/cache"        # decoded uint8 arrays, one per split
+    num_workers: int = 4                 # processes that decode images when a cache is built
+    synthetic_train: int = 8000          # synthetic faces per split
+    synthetic_val: int = 500
+    synthetic_test: int = 500
+
+
+@dataclass
+class ModelConfig:
+    latent_dim: int = 128
+    hidden_dims: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    batch_norm: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_gamma: float = 0.95               # learning rate is multiplied by this after each epoch
+    beta: float = 1.2                    # weight of the KL term
+    grad_clip: float = 1.0               # max gradient norm; 0 disables clipping
+    seed: int = 42
+    device: str = "auto"                 # auto = cuda, else mps, else cpu
+    bf16: bool = True                    # bf16 autocast on CUDA
+    log_every: int = 10                  # steps between progress-bar loss updates
+
+
+@dataclass
+class PathsConfig:
+    checkpoint_dir: str = "checkpoints"
+    results_dir: str = "results"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _type_ok(value: object, annotation: object) -> bool:
+    """isinstance for the few annotations the schema uses (int, float, str, bool, list[int])."""
+    if typing.get_origin(annotation) is list:
+        (item_type,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_type_ok(v, item_type) for v in value)
+    if annotation is float:  # an int is a fine float; a bool is not a number here
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _type_name(annotation: object) -> str:
+    return str(annotation).replace("typing.", "") if typing.get_origin(annotation) else annotation.__name__
+
+
+def _set_key(cfg: Config, dotted: str, value: object, source: str) -> None:
+    section_name, _, key = dotted.partition(".")
+    sections = {f.name: f for f in fields(Config)}
+    if section_name not in sections or not key:
+        raise ConfigError(f"{source}: unknown config key '{dotted}'; keys look like "
+                          f"section.key with section one of {', '.join(sections)}")
+    section = getattr(cfg, section_name)
+    keys = {f.name: f for f in fields(section)}
+    if key not in keys:
+        raise ConfigError(f"{source}: unknown config key '{dotted}'; {section_name} has "
+                          f"{', '.join(keys)}")
+    annotation = keys[key].type
+    if not _type_ok(value, annotation):
+        raise ConfigError(f"{source}: config key '{dotted}' must be {_type_name(annotation)}, "
+                          f"got {json.dumps(value)}")
+    if annotation is float:
+        value = float(value)
+    setattr(section, key, value)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found; pass --config PATH "
+                          f"(e.g. {DEFAULT_CONFIG} or config/quickstart.json)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ConfigError(f"{path}: expected an object of sections, like "
+                          '{"train": {"epochs": 15}}')
+    return raw
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'train.lr=3e-4' -> ('train.lr', 0.0003); a value that is not JSON stays a string."""
+    key, eq, raw = text.partition("=")
+    if not eq or not key:
+        raise ConfigError(f"override '{text}' is not of the form section.key=value "
+                          "(e.g. train.epochs=3)")
+    try:
+        return key.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.strip(), raw
+
+
+def validate(cfg: Config) -> None:
+    """Reject values no run could use, naming the key and what is allowed."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    checks = [
+        (d.dataset in DATASETS, "data.dataset", f"one of {', '.join(DATASETS)}"),
+        (d.image_size >= 8, "data.image_size", "at least 8"),
+        (0 <= d.center_crop <= 178, "data.center_crop", "between 0 and 178 (0 = largest centred square)"),
+        (d.num_workers >= 0, "data.num_workers", "0 or more"),
+        (min(d.synthetic_train, d.synthetic_val, d.synthetic_test) >= 1,
+         "data.synthetic_*", "at least 1 image per split"),
+        (m.latent_dim >= 1, "model.latent_dim", "at least 1"),
+        (len(m.hidden_dims) >= 1 and min(m.hidden_dims) >= 1, "model.hidden_dims",
+         "a non-empty list of positive channel counts"),
+        (t.epochs >= 1, "train.epochs", "at least 1"),
+        (t.batch_size >= 1, "train.batch_size", "at least 1"),
+        (t.lr > 0, "train.lr", "greater than 0"),
+        (0 < t.lr_gamma <= 1, "train.lr_gamma", "in (0, 1]"),
+        (t.beta >= 0, "train.beta", "0 or more"),
+        (t.grad_clip >= 0, "train.grad_clip", "0 (off) or more"),
+        (t.device in DEVICES, "train.device", f"one of {', '.join(DEVICES)}"),
+        (t.log_every >= 1, "train.log_every", "at least 1"),
+    ]
+    for ok, key, allowed in checks:
+        if not ok:
+            value = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1], "...")
+            raise ConfigError(f"config key '{key}' must be {allowed}, got {json.dumps(value)}")
+    # Each conv halves the image; the decoder mirrors the encoder, so the size must divide evenly.
+    downsample = 2 ** len(m.hidden_dims)
+    if d.image_size % downsample:
+        raise ConfigError(
+            f"config key 'data.image_size' = {d.image_size} does not fit model.hidden_dims "
+            f"({len(m.hidden_dims)} stride-2 layers): it must be a multiple of {downsample}, "
+            f"e.g. {downsample * max(1, round(d.image_size / downsample))}")
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the file's values, then the overrides; validated."""
+    path = Path(path)
+    cfg = Config()
+    for section, values in _read_json(path).items():
+        for key, value in values.items():
+            _set_key(cfg, f"{section}.{key}", value, str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_key(cfg, key, value, "override")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Rebuild a Config saved in a checkpoint (keys that no longer exist are an error)."""
+    cfg = Config()
+    for section, values in raw.items():
+        for key, value in values.items():
+            _set_key(cfg, f"{section}.{key}", value, "checkpoint config")
+    validate(cfg)
+    return cfg
+
+
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    """The options every script shares: --config, dotted overrides and --debug."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"JSON config (default {DEFAULT_CONFIG})")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="config overrides, e.g. train.epochs=3 data.root=/data/celeba")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return parser

@@ -1,0 +1,385 @@
+"""Datasets as uint8 arrays: CelebA (any common layout), an image folder, or synthetic faces.
+
+Each split is decoded once, by worker processes, into an (N, 3, H, W) uint8 array under
+`data.cache_dir`; later runs memory-map it in seconds. A cache records the key of the files and
+settings it was built from and a checksum of its bytes, so a stale, partial or corrupt cache is
+rebuilt rather than used. Training slices batches straight from the array (`iterate_batches`).
+"""
+
+import csv
+import hashlib
+import json
+import multiprocessing
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from src.config import Config
+from src.errors import DataError
+
+SPLITS = {"train": 0, "val": 1, "test": 2}
+CELEBA_WIDTH = 178          # width of the official aligned frame that data.center_crop refers to
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+CACHE_VERSION = 1           # bump when preprocessing changes, so old caches are rebuilt
+QUICKSTART_HINT = "or try the no-download quickstart: python train.py --config config/quickstart.json"
+
+
+@dataclass
+class ImageSplit:
+    images: np.ndarray                  # (N, 3, H, W) uint8, usually memory-mapped
+    names: list[str]                    # file name (or synthetic id) of each image
+    attributes: np.ndarray | None       # (N, A) float32 labels, NaN where unknown
+    attribute_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+def preprocess(img: Image.Image, image_size: int, center_crop: int) -> np.ndarray:
+    """Centre crop (scaled to the image's size) and antialiased resize; (3, S, S) uint8 RGB.
+
+    `center_crop` is in pixels of the 178-px-wide aligned CelebA frame, so a downscaled copy gets
+    the same field of view; 0 takes the largest centred square.
+    """
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")  # transparent pixels become white, not their hidden colour
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    img = img.convert("RGB")        # L, P, CMYK, I;16 ... all end as 8-bit RGB
+    w, h = img.size
+    side = min(w, h) if center_crop == 0 else min(w, h, center_crop * w / CELEBA_WIDTH)
+    left, top = (w - side) / 2, (h - side) / 2  # fractional: a half-size copy sees the same region
+    img = img.resize((image_size, image_size), Image.BILINEAR, box=(left, top, left + side, top + side))
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+# --------------------------------------------------------------------------- image sources
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where images live: a directory, or a zip archive read in place (`prefix` inside it)."""
+    path: Path
+    is_zip: bool = False
+    prefix: str = ""
+
+    def describe(self, name: str) -> str:
+        return f"{self.path}:{self.prefix}{name}" if self.is_zip else str(self.path / name)
+
+    def list_files(self) -> dict[str, int]:
+        """File name (relative to the source) -> size in bytes."""
+        if self.is_zip:
+            with zipfile.ZipFile(self.path) as zf:
+                return {i.filename[len(self.prefix):]: i.file_size for i in zf.infolist()
+                        if i.filename.startswith(self.prefix) and not i.is_dir()}
+        with os.scandir(self.path) as entries:
+            return {e.name: e.stat().st_size for e in entries if e.is_file()}
+
+
+_open_zips: dict[Path, zipfile.ZipFile] = {}  # one handle per worker process
+
+
+def _open_image(source: ImageSource, name: str) -> Image.Image:
+    if source.is_zip:
+        if source.path not in _open_zips:
+            _open_zips[source.path] = zipfile.ZipFile(source.path)
+        with _open_zips[source.path].open(source.prefix + name) as f:
+            img = Image.open(f)
+            img.load()
+            return img
+    img = Image.open(source.path / name)
+    img.load()
+    return img
+
+
+def _decode_chunk(job: tuple[ImageSource, list[str], int, int]) -> tuple[np.ndarray, None]:
+    source, names, image_size, center_crop = job
+    out = np.empty((len(names), 3, image_size, image_size), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # huge images are errors
+        for i, name in enumerate(names):
+            try:
+                out[i] = preprocess(_open_image(source, name), image_size, center_crop)
+            except Exception as e:  # any decoder failure, reported with the file it came from
+                raise DataError(f"cannot read image {source.describe(name)}: {e}; "
+                                "replace or delete that file") from None
+    return out, None
+
+
+def _generate_chunk(job: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    from src.synthetic import generate_faces
+    start, n, seed, image_size = job
+    return generate_faces(n, seed, image_size, start=start)
+
+
+# --------------------------------------------------------------------------- CelebA layouts
+
+def _first_existing(candidates) -> Path | None:
+    return next((p for p in candidates if p.exists()), None)
+
+
+def _has_images(directory: Path) -> bool:
+    if not directory.is_dir():
+        return False
+    with os.scandir(directory) as entries:
+        return any(e.name.lower().endswith(".jpg") for e in entries)
+
+
+def find_celeba(root: Path) -> tuple[ImageSource, Path, Path | None]:
+    """(images, partition file, attribute file or None) for any of the supported layouts.
+
+    Official (ROOT/img_align_celeba, ROOT/list_eval_partition.txt), torchvision (ROOT/celeba/...),
+    Google Drive (Img/, Eval/, Anno/), Kaggle (img_align_celeba/img_align_celeba, .csv lists),
+    or an unextracted img_align_celeba.zip in any of those places.
+    """
+    if not root.is_dir():
+        raise DataError(f"data.root '{root}' does not exist; put CelebA there (see README, "
+                        f"'Getting CelebA') or pass data.root=PATH, {QUICKSTART_HINT}")
+    bases = [root, root / "celeba"]
+    image_dir = _first_existing(b / d for b in bases for d in
+                                ("img_align_celeba/img_align_celeba", "img_align_celeba", "Img/img_align_celeba")
+                                if _has_images(b / d))
+    image_zip = _first_existing(b / d for b in bases for d in ("img_align_celeba.zip", "Img/img_align_celeba.zip"))
+    partition = _first_existing(b / d for b in bases for d in
+                                ("list_eval_partition.txt", "Eval/list_eval_partition.txt", "list_eval_partition.csv"))
+    attributes = _first_existing(b / d for b in bases for d in
+                                 ("list_attr_celeba.txt", "Anno/list_attr_celeba.txt", "list_attr_celeba.csv"))
+    missing = []
+    if image_dir is None and image_zip is None:
+        missing.append("img_align_celeba/ (the aligned JPEGs) or img_align_celeba.zip")
+    if partition is None:
+        missing.append("list_eval_partition.txt")
+    if missing:
+        raise DataError(f"CelebA not found in '{root}': missing {' and '.join(missing)}; download "
+                        f"'Align&Cropped Images' and the evaluation partition from the CelebA site or "
+                        f"Kaggle into {root}/ (see README), {QUICKSTART_HINT}")
+    if image_dir is not None:
+        return ImageSource(image_dir), partition, attributes
+    with zipfile.ZipFile(image_zip) as zf:
+        first_jpg = next((n for n in zf.namelist() if n.lower().endswith(".jpg")), None)
+    if first_jpg is None:
+        raise DataError(f"{image_zip} holds no .jpg images; re-download img_align_celeba.zip")
+    return ImageSource(image_zip, is_zip=True, prefix=first_jpg.rpartition("/")[0] + "/" if "/" in first_jpg else ""), \
+        partition, attributes
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    """Rows of a CelebA list, whitespace-separated (.txt) or comma-separated with a header (.csv)."""
+    if path.suffix == ".csv":
+        with open(path, newline="") as f:
+            return [row for row in csv.reader(f) if row]
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_partition(path: Path) -> dict[str, int]:
+    """image name -> 0 (train), 1 (val) or 2 (test)."""
+    rows = _read_rows(path)
+    if path.suffix == ".csv":
+        rows = rows[1:]  # header: image_id,partition
+    partition: dict[str, int] = {}
+    for line_no, row in enumerate(rows, start=2 if path.suffix == ".csv" else 1):
+        if len(row) != 2 or row[1] not in ("0", "1", "2"):
+            raise DataError(f"{path}, line {line_no}: expected 'IMAGE.jpg LABEL' with LABEL 0, 1 or 2, "
+                            f"got {' '.join(row)!r}; re-download the partition file")
+        if row[0] in partition:
+            raise DataError(f"{path}, line {line_no}: {row[0]} is listed twice; re-download the partition file")
+        partition[row[0]] = int(row[1])
+    return partition
+
+
+def read_attributes(path: Path) -> tuple[list[str], dict[str, list[float]]]:
+    """(attribute names, image name -> 1.0/0.0 per attribute); images may be missing."""
+    rows = _read_rows(path)
+    if path.suffix == ".csv":
+        header, body = rows[0][1:], rows[1:]
+    else:
+        header, body = rows[1], rows[2:]  # first line is the image count
+    table = {}
+    for line_no, row in enumerate(body):
+        if len(row) != len(header) + 1:
+            raise DataError(f"{path}: row {line_no + 1} has {len(row) - 1} values for {len(header)} "
+                            "attributes; re-download the attribute file")
+        table[row[0]] = [1.0 if v == "1" else 0.0 for v in row[1:]]
+    return header, table
+
+
+def _celeba_split(root: Path, split: str) -> tuple[ImageSource, list[str], dict, np.ndarray | None, list[str]]:
+    source, partition_path, attr_path = find_celeba(root)
+    names = sorted(n for n, label in read_partition(partition_path).items() if label == SPLITS[split])
+    if not names:
+        raise DataError(f"{partition_path} lists no {split} images (label {SPLITS[split]}); "
+                        "check the partition file")
+    files = source.list_files()
+    absent = [n for n in names if n not in files]
+    if absent:
+        raise DataError(f"{partition_path} lists {len(absent)} {split} images that are not in "
+                        f"{source.path} (first: {', '.join(absent[:3])}); extract all images or fix the list")
+    attributes, attribute_names = None, []
+    if attr_path is not None:
+        attribute_names, table = read_attributes(attr_path)
+        unknown = [float("nan")] * len(attribute_names)
+        attributes = np.array([table.get(n, unknown) for n in names], dtype=np.float32)
+    fingerprint = {n: files[n] for n in names}
+    if attr_path is not None:
+        fingerprint["__attributes__"] = attr_path.stat().st_size
+    return source, names, fingerprint, attributes, attribute_names
+
+
+def _folder_split(root: Path, split: str) -> tuple[ImageSource, list[str], dict]:
+    if not root.is_dir():
+        raise DataError(f"data.root '{root}' does not exist; point data.root at a folder of images")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise DataError(f"no images (.jpg, .png, .webp) under '{root}'; point data.root at a folder of images")
+
+    def bucket(rel: str) -> str:  # 90/5/5 by a hash of the name: stable when files are added
+        h = int(hashlib.md5(rel.encode()).hexdigest(), 16) % 100
+        return "train" if h < 90 else "val" if h < 95 else "test"
+
+    names = [p.relative_to(root).as_posix() for p in paths]
+    names = [n for n in names if bucket(n) == split]
+    if not names:
+        raise DataError(f"the {split} split of '{root}' is empty ({len(paths)} images, split 90/5/5 by "
+                        "file name); add more images")
+    return ImageSource(root), names, {n: (root / n).stat().st_size for n in names}
+
+
+# --------------------------------------------------------------------------- cache
+
+def _checksum(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def _load_cache(paths: dict[str, Path], key: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(images, labels) if the cache is complete, current and intact; else None (and why, printed)."""
+    if not paths["images"].exists() or not paths["meta"].exists():
+        return None
+    name = paths["images"].name
+    try:
+        meta = json.loads(paths["meta"].read_text())
+        if meta.get("key") != key:
+            print(f"cache {name} is stale (data or settings changed): rebuilding")
+            return None
+        if _checksum(paths["images"]) != meta["checksum"]:
+            print(f"cache {name} is corrupt (checksum mismatch): rebuilding")
+            return None
+        images = np.load(paths["images"], mmap_mode="r")
+        labels = np.load(paths["labels"]) if meta["has_labels"] else None
+        if list(images.shape) != meta["shape"] or images.dtype != np.uint8:
+            raise ValueError(f"shape {images.shape} != {meta['shape']}")
+        return images, labels
+    except (ValueError, KeyError, OSError) as e:
+        print(f"cache {name} is unreadable ({e}): rebuilding")
+        return None
+
+
+def _build_cache(paths: dict[str, Path], meta: dict, jobs: list, worker, num_workers: int,
+                 desc: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run `worker` over `jobs` (each gives a chunk of images and labels, in order) into a new cache."""
+    paths["images"].parent.mkdir(parents=True, exist_ok=True)
+    shape = tuple(meta["shape"])
+    tmp_path = paths["images"].with_suffix(f".tmp{os.getpid()}.npy")
+    out = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=shape)
+    pool = multiprocessing.Pool(num_workers) if num_workers > 0 else None
+    try:
+        labels, row = [], 0
+        with tqdm(total=shape[0], desc=desc, unit="img") as bar:
+            for chunk_images, chunk_labels in (pool.imap(worker, jobs) if pool else map(worker, jobs)):
+                out[row:row + len(chunk_images)] = chunk_images
+                row += len(chunk_images)
+                if chunk_labels is not None:
+                    labels.append(chunk_labels)
+                bar.update(len(chunk_images))
+        out.flush()
+        del out
+        meta["checksum"] = _checksum(tmp_path)
+        meta["has_labels"] = bool(labels)
+        if labels:
+            _save_npy(np.concatenate(labels), paths["labels"])
+        os.replace(tmp_path, paths["images"])
+        # The metadata goes last: an interrupted build leaves no (matching) meta, so no usable cache.
+        paths["meta"].with_suffix(".tmp").write_text(json.dumps(meta))
+        os.replace(paths["meta"].with_suffix(".tmp"), paths["meta"])
+    finally:
+        if pool:
+            pool.terminate()
+        tmp_path.unlink(missing_ok=True)
+    return np.load(paths["images"], mmap_mode="r"), (np.concatenate(labels) if labels else None)
+
+
+def load_split(cfg: Config, split: str) -> ImageSplit:
+    """The split as a cached uint8 array, building the cache on first use."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    d = cfg.data
+    root = Path(d.root).expanduser().resolve()
+    attributes, attribute_names = None, []
+    if d.dataset == "synthetic":
+        from src.synthetic import FACTOR_NAMES
+        counts = [d.synthetic_train, d.synthetic_val, d.synthetic_test]
+        start, n = sum(counts[:SPLITS[split]]), counts[SPLITS[split]]
+        names = [f"synthetic_{i:06d}" for i in range(start, start + n)]
+        identity = f"seed{cfg.train.seed}"
+        fingerprint = {"seed": cfg.train.seed, "counts": counts}
+        chunk = 250
+        jobs = [(s, min(chunk, start + n - s), cfg.train.seed, d.image_size) for s in range(start, start + n, chunk)]
+        worker = _generate_chunk
+        attribute_names = list(FACTOR_NAMES)
+    else:
+        if d.dataset == "celeba":
+            source, names, fingerprint, attributes, attribute_names = _celeba_split(root, split)
+        else:
+            source, names, fingerprint = _folder_split(root, split)
+        identity = hashlib.md5(str(root).encode()).hexdigest()[:8]
+        chunk = 256
+        jobs = [(source, names[i:i + chunk], d.image_size, d.center_crop) for i in range(0, len(names), chunk)]
+        worker = _decode_chunk
+
+    settings = {"version": CACHE_VERSION, "dataset": d.dataset, "split": split, "root": str(root),
+                "image_size": d.image_size, "center_crop": d.center_crop}
+    key = hashlib.sha256(json.dumps([settings, names, fingerprint], sort_keys=True).encode()).hexdigest()
+    stem = Path(d.cache_dir) / f"{d.dataset}-{split}-{d.image_size}px-crop{d.center_crop}-{identity}"
+    paths = {"images": stem.with_suffix(".npy"), "labels": stem.with_suffix(".labels.npy"),
+             "meta": stem.with_suffix(".json")}
+
+    cached = _load_cache(paths, key)
+    if cached is None:
+        meta = {"key": key, "shape": [len(names), 3, d.image_size, d.image_size], "settings": settings}
+        cached = _build_cache(paths, meta, jobs, worker, d.num_workers, desc=f"caching {d.dataset} {split}")
+    images, labels = cached
+    if labels is not None:  # synthetic factors travel with the cache; CelebA's come from its list
+        attributes = labels
+    return ImageSplit(images, names, attributes, attribute_names)
+
+
+# --------------------------------------------------------------------------- batches
+
+def iterate_batches(images: np.ndarray, batch_size: int, device: torch.device, shuffle: bool = False,
+                    generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[torch.Tensor]:
+    """Float batches in [0, 1] on `device`, sliced from a uint8 array (no per-image work)."""
+    n = len(images)
+    order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        index = np.sort(order[start:start + batch_size])  # sorted reads are faster on a memory map
+        batch = torch.from_numpy(images[index])
+        yield batch.to(device, non_blocking=True).float().div_(255)

@@ -1,0 +1,37 @@
+"""Errors a user can fix, and the wrapper that prints them as one line instead of a traceback."""
+
+import sys
+import traceback
+from typing import Callable, Sequence
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, data, checkpoint, paths); the message says what to do."""
+
+
+class ConfigError(UserError):
+    pass
+
+
+class DataError(UserError):
+    pass
+
+
+class CheckpointError(UserError):
+    pass
+
+
+def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
+    """Run a script's main(); a UserError becomes `error: ...` on stderr and exit status 2.
+
+    `--debug` anywhere on the command line shows the full traceback instead.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        main(args)
+    except UserError as e:
+        if "--debug" in args:
+            traceback.print_exc()
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny CelebA-style trees and fast configs, all inside tmp_path."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from src.config import Config, load_config
+
+ATTRIBUTE_NAMES = ["Eyeglasses", "Smiling", "Wearing_Hat"]
+
+
+def face_like_image(index: int, width: int = 178, height: int = 218) -> Image.Image:
+    """A smooth random RGB picture (JPEG-friendly, different for each index)."""
+    rng = np.random.default_rng(index)
+    coarse = rng.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+
+
+def make_celeba(root: Path, counts=(12, 4, 4), layout: str = "official", size=(178, 218),
+                attributes_for: int | None = None, modes: dict[int, str] | None = None) -> list[str]:
+    """Write a tiny CelebA in one of the supported layouts; returns the image names.
+
+    layout: official | torchvision | gdrive | kaggle | zip.  `attributes_for` = how many images
+    get a row in the attribute list (None = all).  `modes` = {index: PIL mode} for odd images.
+    """
+    names = [f"{i + 1:06d}.jpg" for i in range(sum(counts))]
+    labels = [0] * counts[0] + [1] * counts[1] + [2] * counts[2]
+    base = root / "celeba" if layout == "torchvision" else root
+    image_dir = {"gdrive": base / "Img" / "img_align_celeba",
+                 "kaggle": base / "img_align_celeba" / "img_align_celeba"}.get(layout, base / "img_align_celeba")
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        img = face_like_image(i, *size)
+        mode = (modes or {}).get(i)
+        if mode:
+            img = img.convert(mode)
+        img.save(image_dir / name, format="PNG" if mode in ("RGBA", "P") else "JPEG", quality=95)
+
+    rows = [(n, [1 if (i + k) % 3 == 0 else -1 for k in range(len(ATTRIBUTE_NAMES))])
+            for i, n in enumerate(names)][:attributes_for]
+    if layout == "kaggle":
+        (base / "list_eval_partition.csv").write_text(
+            "image_id,partition\n" + "".join(f"{n},{l}\n" for n, l in zip(names, labels)))
+        (base / "list_attr_celeba.csv").write_text(
+            "image_id," + ",".join(ATTRIBUTE_NAMES) + "\n"
+            + "".join(f"{n}," + ",".join(map(str, v)) + "\n" for n, v in rows))
+        return names
+    eval_dir, anno_dir = (base / "Eval", base / "Anno") if layout == "gdrive" else (base, base)
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    anno_dir.mkdir(parents=True, exist_ok=True)
+    (eval_dir / "list_eval_partition.txt").write_text("".join(f"{n} {l}\n" for n, l in zip(names, labels)))
+    (anno_dir / "list_attr_celeba.txt").write_text(
+        f"{len(rows)}\n" + " ".join(ATTRIBUTE_NAMES) + "\n"
+        + "".join(f"{n} " + " ".join(f"{v:2d}" for v in vals) + "\n" for n, vals in rows))
+    if layout == "zip":
+        import shutil
+        shutil.make_archive(str(base / "img_align_celeba"), "zip", base, "img_align_celeba")
+        shutil.rmtree(image_dir)
+    return names
+
+
+def tiny_config(tmp_path: Path, **sections) -> Config:
+    """A fast config (16x16 images, small model) writing only under tmp_path; sections override keys."""
+    raw = {
+        "data": {"dataset": "synthetic", "root": str(tmp_path / "celeba"), "image_size": 16,
+                 "cache_dir": str(tmp_path / "cache"), "num_workers": 0,
+                 "synthetic_train": 48, "synthetic_val": 16, "synthetic_test": 16},
+        "model": {"latent_dim": 8, "hidden_dims": [8, 16]},
+        "train": {"epochs": 1, "batch_size": 16, "device": "cpu", "seed": 0},
+        "paths": {"checkpoint_dir": str(tmp_path / "checkpoints"), "results_dir": str(tmp_path / "results")},
+    }
+    for section, values in sections.items():
+        raw[section].update(values)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(raw))
+    return load_config(path)
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    """Write a tiny config to tmp_path/config.json and return its path (same keys as tiny_config)."""
+    def write(**sections) -> Path:
+        tiny_config(tmp_path, **sections)
+        return tmp_path / "config.json"
+    return write

@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import train
+from src.errors import run_cli
+from src.utils import load_checkpoint, model_from_checkpoint
+from tests.conftest import make_celeba
+
+HISTORY_KEYS = {"epoch", "train_total", "train_recon", "train_kl", "val_total", "val_recon", "val_kl",
+                "lr", "grad_norm", "epoch_seconds", "images_per_second"}
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "celeba"])
+def test_one_epoch_writes_checkpoints_history_and_samples(tmp_path, config_file, dataset):
+    if dataset == "celeba":
+        make_celeba(tmp_path / "celeba", counts=(40, 8, 8))
+    train.main(["--config", str(config_file(data={"dataset": dataset}))])
+
+    history = json.loads((tmp_path / "results" / "history.json").read_text())
+    assert len(history) == 1 and set(history[0]) == HISTORY_KEYS
+    assert history[0]["train_total"] == pytest.approx(history[0]["train_recon"] + 1.2 * history[0]["train_kl"],
+                                                      rel=1e-4)
+    assert history[0]["images_per_second"] > 0 and history[0]["grad_norm"] > 0
+    for name in ("best_vae.pth", "last_vae.pth"):
+        state = load_checkpoint(tmp_path / "checkpoints" / name)
+        assert state["epoch"] == 1 and state["history"] == history
+        model, cfg = model_from_checkpoint(state)
+        assert cfg.data.dataset == dataset and cfg.model.hidden_dims == [8, 16]
+    samples = Image.open(tmp_path / "results" / "train_samples.png")
+    assert samples.size == (8 * 18 + 2, 8 * 18 + 2)  # 8x8 grid of 16-px images, 2-px padding
+
+
+def test_resume_continues_the_epoch_count(tmp_path, config_file):
+    path = str(config_file())
+    train.main(["--config", path])
+    train.main(["--config", path, "--resume", "train.epochs=3"])
+    history = json.loads((tmp_path / "results" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert load_checkpoint(tmp_path / "checkpoints" / "last_vae.pth")["epoch"] == 3
+    assert history[1]["lr"] == pytest.approx(history[0]["lr"] * 0.95)  # the scheduler resumed too
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, config_file):
+    path = str(config_file())
+    train.main(["--config", path, "train.epochs=2", f"paths.checkpoint_dir={tmp_path / 'straight'}"])
+    train.main(["--config", path, "train.epochs=1"])
+    train.main(["--config", path, "train.epochs=2", "--resume"])
+    straight = load_checkpoint(tmp_path / "straight" / "last_vae.pth")["model"]
+    resumed = load_checkpoint(tmp_path / "checkpoints" / "last_vae.pth")["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_resume_with_another_model_is_refused(tmp_path, config_file):
+    path = str(config_file())
+    train.main(["--config", path])
+    with pytest.raises(Exception, match="different 'model' settings"):
+        train.main(["--config", path, "--resume", "model.latent_dim=4"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train.epochs=0"], "config key 'train.epochs' must be at least 1, got 0"),
+    (["train.epoch=2"], "unknown config key 'train.epoch'"),
+    (["paths.results_dir=CONFIG/results"], "cannot create paths.results_dir"),  # under a file
+    (["--resume"], "last_vae.pth' not found"),
+])
+def test_bad_input_is_one_line_and_touches_nothing(tmp_path, config_file, capsys, args, message):
+    path = str(config_file())
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best_vae.pth").write_bytes(b"previous run")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train.main, ["--config", path, *[a.replace("CONFIG", path) for a in args]])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert (tmp_path / "checkpoints" / "best_vae.pth").read_bytes() == b"previous run"
