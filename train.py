@@ -64,9 +64,10 @@ def train_epoch(model: ConvVAE, optimizer: torch.optim.Optimizer, split: ImageSp
         sums += torch.stack([total, recon, kl]).detach() * len(x)
         grad_norm_sum = grad_norm_sum + grad_norm.detach()  # stays on the device: no sync per step
         count, steps = count + len(x), steps + 1
-        if steps % t.log_every == 0:
+        if steps % t.log_every == 0:  # the only host-device sync in the loop
             loss, rec, kl_ = (sums / count).tolist()
-            bar.set_postfix(loss=f"{loss:.1f}", recon=f"{rec:.1f}", kl=f"{kl_:.1f}")
+            bar.set_postfix(loss=f"{loss:.1f}", recon=f"{rec:.1f}", kl=f"{kl_:.1f}",
+                            grad_norm=f"{float(grad_norm_sum) / steps:.1f}")
     total, recon, kl = (sums / count).tolist()
     return {"total": total, "recon": recon, "kl": kl, "grad_norm": float(grad_norm_sum) / steps}
 

@@ -9,6 +9,7 @@ types and impossible values raise ConfigError with a one-line message naming the
 """
 
 import argparse
+import copy
 import json
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from src.errors import ConfigError
 
-DEFAULT_CONFIG = "config/config.json"
+# The default config lives in the repo, so scripts find it from any working directory.
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.json"
 DATASETS = ("celeba", "folder", "synthetic")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 
@@ -111,7 +113,7 @@ def _set_key(cfg: Config, dotted: str, value: object, source: str) -> None:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found; pass --config PATH "
-                          f"(e.g. {DEFAULT_CONFIG} or config/quickstart.json)")
+                          "(e.g. config/config.json or config/quickstart.json)")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -169,13 +171,19 @@ def validate(cfg: Config) -> None:
             f"e.g. {downsample * max(1, round(d.image_size / downsample))}")
 
 
-def load_config(path: str | Path = DEFAULT_CONFIG, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the file's values, then the overrides; validated."""
-    path = Path(path)
-    cfg = Config()
-    for section, values in _read_json(path).items():
-        for key, value in values.items():
-            _set_key(cfg, f"{section}.{key}", value, str(path))
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
+                base: Config | None = None) -> Config:
+    """Validated config: `base` (or the defaults), then the file's values, then the overrides.
+
+    Without a base, the file defaults to config/config.json; with one (e.g. the config stored in a
+    checkpoint), a file is applied only when given.
+    """
+    cfg = copy.deepcopy(base) if base else Config()
+    if path is not None or base is None:
+        path = Path(path or DEFAULT_CONFIG)
+        for section, values in _read_json(path).items():
+            for key, value in values.items():
+                _set_key(cfg, f"{section}.{key}", value, str(path))
     for text in overrides:
         key, value = parse_override(text)
         _set_key(cfg, key, value, "override")
@@ -193,10 +201,14 @@ def config_from_dict(raw: dict) -> Config:
     return cfg
 
 
-def argument_parser(description: str) -> argparse.ArgumentParser:
-    """The options every script shares: --config, dotted overrides and --debug."""
+def argument_parser(description: str, checkpoint: bool = False) -> argparse.ArgumentParser:
+    """The options every script shares: --config, dotted overrides, --debug (and --checkpoint)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"JSON config (default {DEFAULT_CONFIG})")
+    if checkpoint:
+        parser.add_argument("--checkpoint", default=None,
+                            help="trained model (default: best_vae.pth in paths.checkpoint_dir)")
+    parser.add_argument("--config", default=None, help="JSON config (default config/config.json, or for "
+                        "scripts that load a checkpoint, the config stored in it)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides, e.g. train.epochs=3 data.root=/data/celeba")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")

@@ -8,6 +8,7 @@ rebuilt rather than used. Training slices batches straight from the array (`iter
 
 import csv
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -91,12 +92,10 @@ def _open_image(source: ImageSource, name: str) -> Image.Image:
     if source.is_zip:
         if source.path not in _open_zips:
             _open_zips[source.path] = zipfile.ZipFile(source.path)
-        with _open_zips[source.path].open(source.prefix + name) as f:
-            img = Image.open(f)
-            img.load()
-            return img
-    img = Image.open(source.path / name)
-    img.load()
+        img = Image.open(io.BytesIO(_open_zips[source.path].read(source.prefix + name)))
+    else:
+        img = Image.open(source.path / name)
+    img.load()  # decode now, so a broken file fails here, with its name
     return img
 
 
@@ -163,12 +162,15 @@ def find_celeba(root: Path) -> tuple[ImageSource, Path, Path | None]:
                         f"Kaggle into {root}/ (see README), {QUICKSTART_HINT}")
     if image_dir is not None:
         return ImageSource(image_dir), partition, attributes
-    with zipfile.ZipFile(image_zip) as zf:
-        first_jpg = next((n for n in zf.namelist() if n.lower().endswith(".jpg")), None)
+    try:
+        with zipfile.ZipFile(image_zip) as zf:
+            first_jpg = next((n for n in zf.namelist() if n.lower().endswith(".jpg")), None)
+    except zipfile.BadZipFile:
+        raise DataError(f"{image_zip} is not a valid zip archive; re-download it or extract it by hand") from None
     if first_jpg is None:
         raise DataError(f"{image_zip} holds no .jpg images; re-download img_align_celeba.zip")
-    return ImageSource(image_zip, is_zip=True, prefix=first_jpg.rpartition("/")[0] + "/" if "/" in first_jpg else ""), \
-        partition, attributes
+    prefix = first_jpg[:first_jpg.rfind("/") + 1]  # e.g. "img_align_celeba/"
+    return ImageSource(image_zip, is_zip=True, prefix=prefix), partition, attributes
 
 
 def _read_rows(path: Path) -> list[list[str]]:

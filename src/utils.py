@@ -1,5 +1,6 @@
 """Helpers every script shares: device choice, seeding, checkpoints and image grids."""
 
+import argparse
 import os
 import random
 from pathlib import Path
@@ -8,7 +9,7 @@ import numpy as np
 import torch
 import torchvision.utils
 
-from src.config import Config, config_from_dict
+from src.config import Config, config_from_dict, load_config
 from src.errors import CheckpointError, ConfigError, UserError
 from src.model import ConvVAE, build_model
 
@@ -113,6 +114,24 @@ def model_from_checkpoint(state: dict, path: str | Path = "checkpoint") -> tuple
         raise CheckpointError(f"'{path}' does not match the VAE its config describes ({first}); "
                               "retrain or use a matching checkpoint") from None
     return model, cfg
+
+
+def load_trained(args: argparse.Namespace) -> tuple[ConvVAE, Config, dict, Path]:
+    """For scripts that use a trained model: (model on its device in eval mode, config, checkpoint, path).
+
+    The checkpoint is --checkpoint, else best_vae.pth in paths.checkpoint_dir. The config is the one
+    stored in it, then --config if given, then the overrides: `data.root=...` evaluates on other
+    data, while the model's shape always comes from the checkpoint.
+    """
+    located = load_config(args.config, args.overrides)
+    path = Path(args.checkpoint) if args.checkpoint else Path(located.paths.checkpoint_dir) / "best_vae.pth"
+    state = load_checkpoint(path)
+    model, trained = model_from_checkpoint(state, path)
+    cfg = load_config(args.config, args.overrides, base=trained)
+    if cfg.model != trained.model or cfg.data.image_size != trained.data.image_size:
+        raise ConfigError(f"model.* and data.image_size are fixed by the checkpoint {path}; "
+                          "drop those overrides or pass another --checkpoint")
+    return model.to(pick_device(cfg.train.device)).eval(), cfg, state, path
 
 
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 2) -> Path:

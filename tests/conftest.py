@@ -86,3 +86,17 @@ def config_file(tmp_path):
         tiny_config(tmp_path, **sections)
         return tmp_path / "config.json"
     return write
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict:
+    """A tiny VAE trained for 2 epochs on synthetic faces, shared by the script tests.
+
+    Returns {"dir", "config", "checkpoint"}; tests pass `paths.results_dir=...` of their own.
+    """
+    import train
+    root = tmp_path_factory.mktemp("trained")
+    cfg = tiny_config(root, train={"epochs": 2})
+    config = root / "config.json"
+    train.main(["--config", str(config)])
+    return {"dir": root, "config": config, "checkpoint": Path(cfg.paths.checkpoint_dir) / "best_vae.pth"}

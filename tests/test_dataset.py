@@ -78,6 +78,13 @@ def test_missing_data_says_what_and_where(tmp_path):
         load_split(celeba_config(tmp_path), "train")
 
 
+def test_broken_zip_is_named(tmp_path):
+    make_celeba(tmp_path / "celeba", layout="zip")
+    (tmp_path / "celeba" / "img_align_celeba.zip").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match=r"img_align_celeba.zip is not a valid zip archive"):
+        load_split(celeba_config(tmp_path), "train")
+
+
 def test_partition_naming_absent_images(tmp_path):
     make_celeba(tmp_path / "celeba")
     for name in ("000002.jpg", "000005.jpg"):
