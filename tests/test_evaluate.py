@@ -1,0 +1,55 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+from src.dataset import load_split
+from src.errors import run_cli
+from src.model import vae_loss
+from src.utils import load_checkpoint, model_from_checkpoint
+
+
+def run(trained, tmp_path, *args):
+    evaluate.main(["--checkpoint", str(trained["checkpoint"]), f"paths.results_dir={tmp_path}", *args])
+    return json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_metrics_match_a_direct_computation_and_repeat(trained, tmp_path):
+    metrics = run(trained, tmp_path)
+    assert metrics["split"] == "test" and metrics["num_images"] == 16 and metrics["epoch"] >= 1
+
+    model, cfg = model_from_checkpoint(load_checkpoint(trained["checkpoint"]))
+    model.eval()
+    x = torch.from_numpy(np.array(load_split(cfg, "test").images)).float() / 255
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        total, recon, kl = vae_loss(model.decode(mu), x, mu, logvar, beta=cfg.train.beta)
+        mse = ((model.decode(mu) - x) ** 2).flatten(1).mean(1)
+    z_mean = metrics["z_mean"]
+    assert z_mean["recon"] == pytest.approx(recon.item(), rel=1e-4)
+    assert z_mean["kl"] == pytest.approx(kl.item(), rel=1e-4)
+    assert z_mean["total"] == pytest.approx(recon.item() + kl.item(), rel=1e-4)
+    assert z_mean["beta_loss"] == pytest.approx(total.item(), rel=1e-4)
+    assert z_mean["mse"] == pytest.approx(mse.mean().item(), rel=1e-4)
+    assert z_mean["psnr"] == pytest.approx((-10 * torch.log10(mse)).mean().item(), rel=1e-4)
+    assert metrics["z_sampled"]["kl"] == z_mean["kl"]  # KL does not depend on the sampled z
+    assert metrics["z_sampled"]["recon"] != z_mean["recon"]
+
+    again = run(trained, tmp_path)
+    assert again == metrics
+
+
+def test_val_split_and_table(trained, tmp_path, capsys):
+    metrics = run(trained, tmp_path, "--split", "val")
+    assert metrics["split"] == "val"
+    out = capsys.readouterr().out
+    assert "total = recon + KL (-ELBO)" in out and "PSNR (dB)" in out
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(evaluate.main, ["--checkpoint", str(tmp_path / "nope.pth")])
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint") and "not found" in err and err.count("\n") == 1
