@@ -31,6 +31,7 @@ class DataConfig:
     center_crop: int = 148               # crop of the 178-px-wide aligned frame; 0 = largest centred square
     cache_dir: str = "data/cache"        # decoded uint8 arrays, one per split
     num_workers: int = 4                 # processes that decode images when a cache is built
+    hflip: bool = False                  # random horizontal flips of training images (on the device)
     synthetic_train: int = 8000          # synthetic faces per split
     synthetic_val: int = 500
     synthetic_test: int = 500
@@ -53,8 +54,10 @@ class TrainConfig:
     grad_clip: float = 1.0               # max gradient norm; 0 disables clipping
     seed: int = 42
     device: str = "auto"                 # auto = cuda, else mps, else cpu
-    bf16: bool = True                    # bf16 autocast on CUDA
-    log_every: int = 10                  # steps between progress-bar loss updates
+    bf16: bool = True                    # bf16 autocast (CUDA and CPU; MPS runs in float32)
+    channels_last: bool = True           # NHWC memory layout: faster convolutions on CUDA and CPU
+    compile: bool = False                # torch.compile the model (slow start, faster steps)
+    log_every: int = 10                  # steps between progress-bar updates (and CUDA finite checks)
 
 
 @dataclass
@@ -201,9 +204,14 @@ def config_from_dict(raw: dict) -> Config:
     return cfg
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    def parse_args(self, args=None, namespace=None):  # options may stand between the overrides
+        return self.parse_intermixed_args(args, namespace)
+
+
 def argument_parser(description: str, checkpoint: bool = False) -> argparse.ArgumentParser:
     """The options every script shares: --config, dotted overrides, --debug (and --checkpoint)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = _ArgumentParser(description=description)
     if checkpoint:
         parser.add_argument("--checkpoint", default=None,
                             help="trained model (default: best_vae.pth in paths.checkpoint_dir)")

@@ -21,6 +21,10 @@ class CheckpointError(UserError):
     pass
 
 
+class NumericalError(UserError):
+    """Training produced a non-finite loss or gradient (the message says where and what to try)."""
+
+
 def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
     """Run a script's main(); a UserError becomes `error: ...` on stderr and exit status 2.
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import src.dataset as dataset
-from src.dataset import iterate_batches, load_split, preprocess
+from src.dataset import Batches, iterate_batches, load_split, preprocess
 from src.errors import DataError
 from tests.conftest import ATTRIBUTE_NAMES, face_like_image, make_celeba, tiny_config
 
@@ -189,3 +189,29 @@ def test_iterate_batches_covers_each_image_once():
     assert sorted(seen.round().long().tolist()) == list(range(10))
     assert batches[0].dtype == torch.float32 and batches[0].max() <= 10 / 255 + 1e-6
     assert len(list(iterate_batches(images, 4, torch.device("cpu"), drop_last=True))) == 2
+
+
+def _ids(batch: torch.Tensor) -> list[int]:
+    return (batch[:, 0, 0, 0] * 255).round().long().tolist()
+
+
+def test_batches_shard_an_epoch_across_ranks_and_resume_mid_epoch():
+    images = np.arange(23, dtype=np.uint8).reshape(23, 1, 1, 1).repeat(3, axis=1)
+    cpu = torch.device("cpu")
+    whole = [i for b in Batches(images, 4, cpu, shuffle=True, seed=1).epoch(5) for i in _ids(b)]
+    assert sorted(whole) == list(range(23))
+    ranks = [Batches(images, 4, cpu, shuffle=True, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    shards = [[i for b in r.epoch(5) for i in _ids(b)] for r in ranks]
+    assert len(ranks[0]) == len(ranks[1]) == 3 and len(shards[0]) == len(shards[1]) == 11
+    assert not set(shards[0]) & set(shards[1])  # disjoint; one image of 23 sits this epoch out
+    assert [sorted(_ids(b)) for b in ranks[0].epoch(5)][1:] == [sorted(_ids(b)) for b in ranks[0].epoch(5, 1)]
+    assert whole != [i for b in Batches(images, 4, cpu, shuffle=True, seed=1).epoch(6) for i in _ids(b)]
+
+
+def test_batches_flip_on_the_device():
+    images = np.zeros((64, 3, 2, 2), dtype=np.uint8)
+    images[:, :, :, 0] = 255  # left column white
+    torch.manual_seed(0)
+    batch = next(Batches(images, 64, torch.device("cpu"), hflip=True).epoch())
+    flipped = batch[:, 0, 0, 1] == 1
+    assert 10 < flipped.sum() < 54 and (batch[flipped, :, :, 0] == 0).all()
