@@ -63,10 +63,13 @@ class ConvVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n images decoded from z ~ N(0, temperature^2 I)."""
-        device = self.fc_mu.weight.device
-        z = torch.randn(n, self.latent_dim, generator=generator, device=device) * temperature
-        return self.decode(z)
+        """n images decoded from z ~ N(0, temperature^2 I).
+
+        z is drawn on the CPU (with `generator`, a CPU generator, if given), so a seed gives the
+        same faces on every device.
+        """
+        z = torch.randn(n, self.latent_dim, generator=generator) * temperature
+        return self.decode(z.to(self.fc_mu.weight.device))
 
 
 def vae_loss(x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
