@@ -71,6 +71,19 @@ def rank_zero_first(rank: int):
         dist.barrier()
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, beta: float,
+               amp: bool, max_norm: float) -> tuple[torch.Tensor, ...]:
+    """One optimisation step; (total, recon, kl, gradient norm before clipping), left on the device."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        x_hat, mu, logvar = model(x)
+    total, recon, kl = vae_loss(x_hat, x, mu, logvar, beta)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    return total.detach(), recon.detach(), kl.detach(), grad_norm.detach()
+
+
 @torch.no_grad()
 def validate(model: ConvVAE, batches: Batches, beta: float, amp: bool) -> dict:
     """Mean total/recon/KL per image over the split (all ranks), with z sampled as in training."""
@@ -180,18 +193,10 @@ def train(argv: Sequence[str] | None) -> None:
         bar = tqdm(train_batches.epoch(epoch, start_step), total=len(train_batches), initial=start_step,
                    desc=f"epoch {epoch + 1}/{t.epochs}", disable=not master)
         for x in bar:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                x_hat, mu, logvar = model(x)
-            total, recon, kl = vae_loss(x_hat, x, mu, logvar, t.beta)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)  # norm before clipping
-            optimizer.step()
-
+            total, recon, kl, grad_norm = train_step(model, optimizer, x, t.beta, amp, max_norm)
             n = len(x)
-            sums += torch.stack([total.detach() * n, recon.detach() * n, kl.detach() * n, grad_norm.detach(),
-                                 torch.tensor(float(n), device=device)])
-            finite = torch.isfinite(total.detach()) & torch.isfinite(grad_norm.detach())
+            sums += torch.stack([total * n, recon * n, kl * n, grad_norm, torch.tensor(float(n), device=device)])
+            finite = torch.isfinite(total) & torch.isfinite(grad_norm)
             first_bad_step = torch.where(~finite & (first_bad_step < 0), steps, first_bad_step)
             steps, images_seen = steps + 1, images_seen + n
             at_log_step = steps % t.log_every == 0
@@ -238,6 +243,7 @@ def train(argv: Sequence[str] | None) -> None:
             "lr": lr, "grad_norm": train["grad_norm"],
             "epoch_seconds": time.perf_counter() - start,
             "images_per_second": images_seen * world_size / train_seconds,
+            **({"peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30} if device.type == "cuda" else {}),
         })
         is_best = val["total"] < best_val
         best_val = min(best_val, val["total"])
