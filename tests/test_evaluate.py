@@ -6,13 +6,15 @@ import torch
 
 import evaluate
 from src.dataset import load_split
+from src import metrics
 from src.errors import run_cli
 from src.model import vae_loss
 from src.utils import load_checkpoint, model_from_checkpoint
 
 
 def run(trained, tmp_path, *args):
-    evaluate.main(["--checkpoint", str(trained["checkpoint"]), f"paths.results_dir={tmp_path}", *args])
+    # --no-fid: these tests check the losses; FID and KID are tested in test_metrics.py
+    evaluate.main(["--checkpoint", str(trained["checkpoint"]), f"paths.results_dir={tmp_path}", "--no-fid", *args])
     return json.loads((tmp_path / "metrics.json").read_text())
 
 
@@ -53,3 +55,20 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
         run_cli(evaluate.main, ["--checkpoint", str(tmp_path / "nope.pth")])
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint") and "not found" in err and err.count("\n") == 1
+
+
+def test_no_fid_skips_inception_but_reports_ssim_and_collapse(trained, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("--no-fid must not load the Inception network")
+    monkeypatch.setattr(metrics, "InceptionFeatures", fail)
+    monkeypatch.setattr(evaluate, "inception_path", fail)
+    metrics_json = run(trained, tmp_path)
+    assert metrics_json["generative"] is None
+    assert metrics_json["reconstruction"]["ssim"] > 0 and "active_units" in metrics_json["latent"]
+    assert (tmp_path / "kl_per_dim.png").is_file()
+
+
+def test_fid_samples_must_be_at_least_two(trained, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(evaluate.main, ["--checkpoint", str(trained["checkpoint"]), "--fid-samples", "1"])
+    assert "--fid-samples must be at least 2" in capsys.readouterr().err
