@@ -10,8 +10,12 @@ Same model, batch size and data for all three:
   (3) naive:   a torchvision-style Dataset that opens, decodes, crops and resizes each JPEG with
       PIL, through a DataLoader with num_workers = CPU cores.
 Prints images/s, the ratios (2)/(1) and (2)/(3), peak memory, and writes results/benchmark.json.
+(1) runs before and after (2) and reports the mean: a shared machine's speed drifts by several
+percent over minutes. The data paths alone (no training) are timed too: where compute dominates a
+step, as on a small CPU, they show what the ratio (2)/(3) cannot.
 """
 
+import itertools
 import json
 import os
 import resource
@@ -20,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -28,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from src.config import argument_parser, load_config
-from src.dataset import CELEBA_WIDTH, SPLITS, find_celeba, read_partition
+from src.dataset import CELEBA_WIDTH, SPLITS, Batches, find_celeba, load_split, read_partition
 from src.errors import UserError, run_cli
 from src.model import build_model
 from src.utils import ensure_writable_dir, pick_device
@@ -61,20 +65,26 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(batches, model, optimizer, cfg, device, amp: bool, steps: int, warmup: int = 3) -> float:
-    """Images/s over `steps` training steps after `warmup` untimed ones."""
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+def images_per_second(batches, device: torch.device, steps: int, step=lambda x: None, warmup: int = 3) -> float:
+    """Images/s of `step` (a training step, or nothing: the data path alone) over `steps` batches
+    after `warmup` untimed ones."""
     iterator = iter(batches)
     images, start = 0, None
     for i in range(warmup + steps):
         if i == warmup:
             sync(device)
             start = time.perf_counter()
-        x = next(iterator).to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        train_step(model, optimizer, x, cfg.train.beta, amp, cfg.train.grad_clip or float("inf"))
+        x = next(iterator).to(device, non_blocking=True)
+        step(x)
         images += len(x) if i >= warmup else 0
     sync(device)
     return images / (time.perf_counter() - start)
+
+
+def endless(batches) -> Iterator[torch.Tensor]:
+    """Batches of epoch after epoch (so tiny data never runs out of steps); Batches or a DataLoader."""
+    for epoch in itertools.count():
+        yield from batches.epoch(epoch) if isinstance(batches, Batches) else batches
 
 
 def project_path(args, cfg, batch_size: int, device: torch.device) -> dict:
@@ -107,29 +117,43 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
 
-    def fresh_model():
+    def training_step():
+        """A fresh model's train.py step on a batch (made channels_last like train.py's batches)."""
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg.model, cfg.data.image_size).to(device, memory_format=memory_format)
-        return model, torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+        max_norm = cfg.train.grad_clip or float("inf")
+        return lambda x: train_step(model, optimizer, x.contiguous(memory_format=memory_format), cfg.train.beta,
+                                    amp, max_norm)
 
     print(f"device {device}, batch {batch_size}, bf16 {amp}, channels_last {cfg.train.channels_last}, "
           f"{os.cpu_count()} CPU cores")
-    # (2) first: it builds the uint8 cache if needed, and its peak RSS is read before (3) forks workers.
-    print("(2) project path: one epoch of train.py ...")
-    project = project_path(args, cfg, batch_size, device)
-
-    print("(1) pure compute ...")
-    model, optimizer = fresh_model()
     fixed = torch.rand(batch_size, 3, cfg.data.image_size, cfg.data.image_size, device=device)
     fixed = fixed.contiguous(memory_format=memory_format)
-    compute = time_steps(iter(lambda: fixed, None), model, optimizer, cfg, device, amp, args.steps)
+
+    def pure_compute() -> float:
+        return images_per_second(iter(lambda: fixed, None), device, args.steps, training_step())
+
+    print("(1) pure compute ...")
+    compute_runs = [pure_compute()]
+    # (2) before (3): it builds the uint8 cache if needed, and its peak RSS is read before (3) forks workers.
+    print("(2) project path: one epoch of train.py ...")
+    project = project_path(args, cfg, batch_size, device)
+    print("(1) pure compute, again ...")
+    compute_runs.append(pure_compute())
+    compute = sum(compute_runs) / len(compute_runs)
 
     print("(3) naive JPEG DataLoader ...")
     naive_set = NaiveCelebA(Path(cfg.data.root), "train", cfg.data.image_size, cfg.data.center_crop)
     loader = DataLoader(naive_set, batch_size=batch_size, shuffle=True, num_workers=os.cpu_count(),
                         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=False)
-    model, optimizer = fresh_model()
-    naive = time_steps(loader, model, optimizer, cfg, device, amp, min(args.steps, len(loader) - 3))
+    naive = images_per_second(endless(loader), device, args.steps, training_step())
+
+    print("data paths alone ...")
+    project_batches = Batches(load_split(cfg, "train").images, batch_size, device, shuffle=True,
+                              channels_last=cfg.train.channels_last)
+    data_ips = {"project": images_per_second(endless(project_batches), device, len(project_batches)),
+                "naive": images_per_second(endless(loader), device, args.steps)}
 
     report = {
         "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
@@ -138,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "images_per_second": {"compute": compute, "project": project["images_per_second"], "naive": naive},
         "ratio_project_to_compute": project["images_per_second"] / compute,
         "ratio_project_to_naive": project["images_per_second"] / naive,
+        "data_only_images_per_second": data_ips,
         "project_epoch_seconds": project["epoch_seconds"],
         "peak_rss_gb_training_run": project["peak_rss_gb"],
         "peak_rss_gb_benchmark": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -149,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"(1) pure compute     {ips['compute']:10.0f} images/s\n"
           f"(2) project path     {ips['project']:10.0f} images/s   (2)/(1) = {report['ratio_project_to_compute']:.2f}\n"
           f"(3) naive DataLoader {ips['naive']:10.0f} images/s   (2)/(3) = {report['ratio_project_to_naive']:.2f}\n"
+          f"data path alone: project {data_ips['project']:.0f} images/s, naive {data_ips['naive']:.0f} images/s "
+          f"({data_ips['project'] / data_ips['naive']:.0f}x)\n"
+          f"(1) before / after (2): {compute_runs[0]:.0f} / {compute_runs[1]:.0f} images/s\n"
           f"peak RSS of a training run {project['peak_rss_gb']:.2f} GB"
           + (f", peak GPU memory {project['peak_gpu_memory_gb']:.2f} GB" if project["peak_gpu_memory_gb"] else "")
           + f"\nwrote {out}")

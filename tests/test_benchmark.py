@@ -15,6 +15,8 @@ def test_benchmark_reports_all_three_paths(tmp_path, capsys):
     benchmark.main(["--config", str(tmp_path / "config.json"), "--steps", "2", "--batch-size", "4"])
     report = json.loads((tmp_path / "results" / "benchmark.json").read_text())
     assert set(report["images_per_second"]) == {"compute", "project", "naive"}
+    assert set(report["data_only_images_per_second"]) == {"project", "naive"}
+    assert all(v > 0 for v in report["data_only_images_per_second"].values())
     assert all(v > 0 for v in report["images_per_second"].values())
     assert report["ratio_project_to_compute"] > 0 and report["peak_rss_gb_training_run"] > 0.1
     assert report["train_images"] == 48 and report["batch_size"] == 4
