@@ -110,8 +110,11 @@ def model_from_checkpoint(state: dict, path: str | Path = "checkpoint") -> tuple
     try:
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0][:200]
-        raise CheckpointError(f"'{path}' does not match the VAE its config describes ({first}); "
+        # torch's message starts with a generic header; the next line names the first bad key or shape
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
+        detail = detail if len(detail) <= 160 else detail[:160] + " ..."
+        raise CheckpointError(f"'{path}' does not match the VAE its config describes ({detail}); "
                               "retrain or use a matching checkpoint") from None
     return model, cfg
 

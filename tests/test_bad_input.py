@@ -161,7 +161,7 @@ def break_checkpoint(path, case: str, trained) -> None:
 
 CHECKPOINT_CASES = {"missing": "not found", "truncated": "unreadable or truncated",
                     "not a checkpoint": "not a checkpoint of this repo's VAE",
-                    "other latent size": "does not match the VAE its config describes",
+                    "other latent size": "does not match the VAE its config describes (size mismatch for ",
                     "other architecture": "does not match the VAE its config describes"}
 
 
