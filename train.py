@@ -92,7 +92,8 @@ def validate(model: ConvVAE, batches: Batches, beta: float, amp: bool) -> dict:
     for x in tqdm(batches.epoch(), total=len(batches), desc="  val", leave=False, disable=batches.rank != 0):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             x_hat, mu, logvar = model(x)
-        sums += torch.stack([*vae_loss(x_hat, x, mu, logvar, beta), torch.tensor(1.0, device=x.device)]) * len(x)
+        total, recon, kl = vae_loss(x_hat, x, mu, logvar, beta)
+        sums += torch.stack([total, recon, kl, torch.ones_like(total)]) * len(x)  # no host->device copy
     total, recon, kl, count = all_reduce(sums).tolist()
     return {"total": total / count, "recon": recon / count, "kl": kl / count}
 
@@ -195,7 +196,8 @@ def train(argv: Sequence[str] | None) -> None:
         for x in bar:
             total, recon, kl, grad_norm = train_step(model, optimizer, x, t.beta, amp, max_norm)
             n = len(x)
-            sums += torch.stack([total * n, recon * n, kl * n, grad_norm, torch.tensor(float(n), device=device)])
+            # n enters as a scalar argument: a torch.tensor(n, device=cuda) would be a blocking copy each step
+            sums += torch.stack([total * n, recon * n, kl * n, grad_norm, torch.ones_like(total) * n])
             finite = torch.isfinite(total) & torch.isfinite(grad_norm)
             first_bad_step = torch.where(~finite & (first_bad_step < 0), steps, first_bad_step)
             steps, images_seen = steps + 1, images_seen + n
