@@ -29,7 +29,7 @@ from src.config import Config, argument_parser, load_config
 from src.dataset import Batches, ImageSplit, load_split
 from src.errors import CheckpointError, NumericalError, run_cli
 from src.model import ConvVAE, build_model, vae_loss
-from src.utils import (ensure_writable_dir, load_checkpoint, pick_device, rng_state, save_checkpoint,
+from src.utils import (atomic_write, ensure_writable_dir, load_checkpoint, pick_device, rng_state, save_checkpoint,
                        save_image_grid, seed_everything, set_rng_state)
 
 stop_signal: int | None = None  # set by SIGINT/SIGTERM; the loop stops after the current step
@@ -255,9 +255,7 @@ def train(argv: Sequence[str] | None) -> None:
             save_checkpoint(state, last_path)
             if is_best:
                 save_checkpoint(state, best_path)
-            tmp = results_dir / ".history.json.tmp"
-            tmp.write_text(json.dumps(history, indent=2))
-            os.replace(tmp, results_dir / "history.json")
+            atomic_write(results_dir / "history.json", lambda f: f.write(json.dumps(history, indent=2).encode()))
             raw_model.eval()
             with torch.no_grad():
                 save_image_grid(raw_model.decode(sample_z), results_dir / "train_samples.png")

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from src.config import Config
 from src.errors import DataError
+from src.utils import atomic_write
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 CELEBA_WIDTH = 178          # width of the official aligned frame that data.center_crop refers to
@@ -265,13 +266,6 @@ def _checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _save_npy(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
 def _load_cache(paths: dict[str, Path], key: str) -> tuple[np.ndarray, np.ndarray | None] | None:
     """(images, labels) if the cache is complete, current and intact; else None (and why, printed)."""
     if not paths["images"].exists() or not paths["meta"].exists():
@@ -317,11 +311,10 @@ def _build_cache(paths: dict[str, Path], meta: dict, jobs: list, worker, num_wor
         meta["checksum"] = _checksum(tmp_path)
         meta["has_labels"] = bool(labels)
         if labels:
-            _save_npy(np.concatenate(labels), paths["labels"])
+            atomic_write(paths["labels"], lambda f: np.save(f, np.concatenate(labels)))
         os.replace(tmp_path, paths["images"])
         # The metadata goes last: an interrupted build leaves no (matching) meta, so no usable cache.
-        paths["meta"].with_suffix(".tmp").write_text(json.dumps(meta))
-        os.replace(paths["meta"].with_suffix(".tmp"), paths["meta"])
+        atomic_write(paths["meta"], lambda f: f.write(json.dumps(meta).encode()))
     finally:
         if pool:
             pool.terminate()

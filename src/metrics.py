@@ -10,7 +10,6 @@ seconds to import, and analyze_failures.py does not use it.
 import hashlib
 import importlib.util
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -24,6 +23,7 @@ from tqdm import tqdm
 from src.dataset import iterate_batches
 from src.errors import UserError
 from src.model import ConvVAE
+from src.utils import atomic_write
 
 
 @torch.no_grad()
@@ -278,10 +278,7 @@ def real_features(extractor: nn.Module, images: np.ndarray, cache_dir: str | Pat
     features = image_features(extractor, real_batches(images, batch_size, device), len(images),
                               desc=f"Inception features, real {name}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, features.numpy())
-    os.replace(tmp, path)  # atomic: a concurrent or interrupted run never sees half a file
+    atomic_write(path, lambda f: np.save(f, features.numpy()))  # a concurrent evaluate never reads half a file
     return features
 
 

@@ -1,9 +1,10 @@
-"""Helpers every script shares: device choice, seeding, checkpoints and image grids."""
+"""Helpers every script shares: device choice, seeding, atomic files, checkpoints and image grids."""
 
 import argparse
 import os
 import random
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -65,21 +66,28 @@ def ensure_writable_dir(path: str | Path, key: str) -> Path:
     return path
 
 
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over `path`.
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call write(f) on a temporary file in the same directory, fsync, then rename it over `path`.
 
-    The rename is atomic, so a crash at any moment leaves either the old file or the new one.
+    The rename is atomic, so a crash at any moment (even kill -9 mid-write) leaves either the old
+    file or the new one, and a concurrent reader never sees half a file.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """torch.save `state`, marked as this repo's format, atomically (see atomic_write)."""
+    atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **state}, f))
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
