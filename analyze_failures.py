@@ -21,9 +21,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from src.config import argument_parser
-from src.dataset import iterate_batches, load_split
+from src.dataset import load_split
 from src.errors import UserError, run_cli
-from src.metrics import per_image_stats
+from src.metrics import per_image_stats, recon_batches
 from src.utils import ensure_writable_dir, load_trained
 
 MAX_CATEGORIES = 12    # integer attributes with at most this many values get one indicator per value
@@ -103,8 +103,7 @@ def format_lift_table(rows: list[dict], limit: int | None = None) -> str:
 @torch.no_grad()
 def reconstruct(model, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
     """decode(mu) of uint8 images (N, 3, H, W), as uint8 of the same shape."""
-    return np.concatenate([(model.decode(model.encode(x)[0]).clamp(0, 1) * 255).round().byte().cpu().numpy()
-                           for x in iterate_batches(images, batch_size, device)])
+    return torch.cat(list(recon_batches(model, images, batch_size, device))).cpu().numpy()
 
 
 def _font(size: int) -> ImageFont.ImageFont:

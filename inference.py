@@ -37,7 +37,7 @@ from PIL import Image
 from src.config import argument_parser
 from src.dataset import load_split, preprocess
 from src.errors import DataError, UserError, run_cli
-from src.utils import ensure_writable_dir, load_trained, save_image_grid
+from src.utils import ensure_writable_dir, load_trained, save_image_grid, to_uint8
 
 OUT_DIR = "inference_test_set"
 RECON_IMAGES, RECON_ROW = 16, 8      # reconstructions.png: 2 blocks of 8
@@ -127,7 +127,7 @@ def gif_frames(row: torch.Tensor) -> tuple[list[Image.Image], list[int]]:
     panel = size * scale
 
     def to_pil(image: torch.Tensor) -> Image.Image:
-        array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        array = to_uint8(image).permute(1, 2, 0).numpy()
         return Image.fromarray(array).resize((panel, panel), Image.NEAREST)
 
     width = 3 * panel + 4 * GIF_GAP

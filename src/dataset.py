@@ -3,7 +3,8 @@
 Each split is decoded once, by worker processes, into an (N, 3, H, W) uint8 array under
 `data.cache_dir`; later runs memory-map it in seconds. A cache records the key of the files and
 settings it was built from and a checksum of its bytes, so a stale, partial or corrupt cache is
-rebuilt rather than used. Training slices batches straight from the array (`iterate_batches`).
+rebuilt rather than used. Training slices batches straight from the array (`Batches`; evaluation
+uses `iterate_batches`, in order).
 """
 
 import csv

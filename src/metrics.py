@@ -23,7 +23,7 @@ from tqdm import tqdm
 from src.dataset import iterate_batches
 from src.errors import UserError
 from src.model import ConvVAE
-from src.utils import atomic_write
+from src.utils import atomic_write, to_uint8
 
 
 @torch.no_grad()
@@ -207,11 +207,6 @@ class InceptionFeatures(nn.Module):
                           align_corners=False)
         x = (x - 128) / 128
         return self.net(x.contiguous(memory_format=torch.channels_last)).reshape(len(x), -1)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] images -> uint8, rounded as a saved PNG would be, so generated and real images match in format."""
-    return x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 @torch.inference_mode()

@@ -145,6 +145,11 @@ def load_trained(args: argparse.Namespace) -> tuple[ConvVAE, Config, dict, Path]
     return model.to(pick_device(cfg.train.device)).eval(), cfg, state, path
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images -> uint8, rounded as a saved PNG would be (FID compares them with real uint8 images)."""
+    return x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 2) -> Path:
     """Save a batch of [0, 1] images (N, 3, H, W) as one PNG grid."""
     path = Path(path)
