@@ -24,7 +24,8 @@ from src.config import argument_parser
 from src.dataset import load_split
 from src.errors import UserError, run_cli
 from src.metrics import per_image_stats, recon_batches
-from src.utils import ensure_writable_dir, load_trained
+from src.checkpoint import load_trained
+from src.utils import ensure_writable_dir
 
 MAX_CATEGORIES = 12    # integer attributes with at most this many values get one indicator per value
 CELL = 128             # displayed image side in the galleries (pixels, upscaled with NEAREST)

@@ -22,7 +22,8 @@ from src.dataset import load_split
 from src.errors import UserError, run_cli
 from src.metrics import (generative_metrics, inception_path, latent_usage, per_image_stats, plot_kl_per_dim,
                          posterior_stats, reconstruction_quality, summarize)
-from src.utils import ensure_writable_dir, load_trained
+from src.checkpoint import load_trained
+from src.utils import atomic_write, ensure_writable_dir
 
 ROWS = [("recon", "reconstruction (SSE per image)"), ("kl", "KL"), ("total", "total = recon + KL (-ELBO)"),
         ("beta_loss", "training loss (recon + beta*KL)"), ("mse", "MSE per pixel"), ("psnr", "PSNR (dB)")]
@@ -96,8 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                "split": args.split, "num_images": len(split), "beta": cfg.train.beta, "seed": args.seed,
                "z_sampled": summary["sampled"], "z_mean": summary["mean"],
                "reconstruction": recon, "latent": latent, "generative": generative}
-    out = Path(results_dir) / "metrics.json"
-    out.write_text(json.dumps(metrics, indent=2))
+    out = atomic_write(Path(results_dir) / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
     print(f"{checkpoint} (epoch {state.get('epoch')}) on {cfg.data.dataset} {args.split}, {len(split)} images")
     print(format_table(summary))
     print()

@@ -37,7 +37,8 @@ from PIL import Image
 from src.config import argument_parser
 from src.dataset import load_split, preprocess
 from src.errors import DataError, UserError, run_cli
-from src.utils import ensure_writable_dir, load_trained, save_image_grid, to_uint8
+from src.checkpoint import load_trained
+from src.utils import ensure_writable_dir, save_image_grid, to_uint8
 
 OUT_DIR = "inference_test_set"
 RECON_IMAGES, RECON_ROW = 16, 8      # reconstructions.png: 2 blocks of 8
@@ -111,10 +112,10 @@ def reconstruction_grid(model, x: torch.Tensor) -> tuple[torch.Tensor, int]:
 def morph_rows(model, a: torch.Tensor, b: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(linear row, slerp row) for one pair; each is (steps + 2, 3, S, S): a, decoded codes, b."""
     device = model.fc_mu.weight.device
-    mu = model.encode(torch.stack([a, b]).to(device))[0]
+    mu = model.encode(torch.stack([a, b]).to(device))[0].cpu()  # interpolate on the CPU: MPS has no float64
     rows = []
     for spherical in (False, True):
-        decoded = model.decode(interpolate(mu[0], mu[1], steps, spherical)).cpu()
+        decoded = model.decode(interpolate(mu[0], mu[1], steps, spherical).to(device)).cpu()
         rows.append(torch.cat([a[None], decoded, b[None]]))
     return rows[0], rows[1]
 

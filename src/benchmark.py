@@ -29,14 +29,13 @@ from typing import Iterator, Sequence
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
 from src.config import argument_parser, load_config
-from src.dataset import CELEBA_WIDTH, SPLITS, Batches, find_celeba, load_split, read_partition
+from src.dataset import SPLITS, Batches, find_celeba, load_split, preprocess, read_partition
 from src.errors import UserError, run_cli
 from src.model import build_model
-from src.utils import ensure_writable_dir, pick_device
-from train import train_step
+from src.training import train_step
+from src.utils import choose_bf16, ensure_writable_dir, pick_device, to_device
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,15 +48,15 @@ class NaiveCelebA(Dataset):
         if source.is_zip:
             raise UserError("the naive benchmark path needs extracted JPEGs, not img_align_celeba.zip")
         self.paths = [source.path / n for n, s in sorted(read_partition(partition_path).items()) if s == SPLITS[split]]
-        width = Image.open(self.paths[0]).width
-        self.transform = transforms.Compose([transforms.CenterCrop(round(center_crop * width / CELEBA_WIDTH)),
-                                             transforms.Resize(image_size), transforms.ToTensor()])
+        self.image_size, self.center_crop = image_size, center_crop
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(Image.open(self.paths[i]).convert("RGB"))
+        """Decode, crop and resize (the project's own preprocess, so both paths see the same pixels)."""
+        with Image.open(self.paths[i]) as img:
+            return torch.tensor(preprocess(img, self.image_size, self.center_crop)).float().div_(255)
 
 
 def sync(device: torch.device) -> None:
@@ -74,7 +73,7 @@ def images_per_second(batches, device: torch.device, steps: int, step=lambda x: 
         if i == warmup:
             sync(device)
             start = time.perf_counter()
-        x = next(iterator).to(device, non_blocking=True)
+        x = to_device(next(iterator), device)
         step(x)
         images += len(x) if i >= warmup else 0
     sync(device)
@@ -111,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError("the benchmark compares JPEG pipelines: use CelebA (data.dataset=celeba data.root=...)")
     device = pick_device(args.device or cfg.train.device)
     batch_size = args.batch_size or cfg.train.batch_size
-    amp = cfg.train.bf16 and device.type in ("cuda", "cpu")
+    amp, amp_reason = choose_bf16(cfg.train.bf16, device)
     results_dir = ensure_writable_dir(cfg.paths.results_dir, "paths.results_dir")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -126,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return lambda x: train_step(model, optimizer, x.contiguous(memory_format=memory_format), cfg.train.beta,
                                     amp, max_norm)
 
-    print(f"device {device}, batch {batch_size}, bf16 {amp}, channels_last {cfg.train.channels_last}, "
+    print(f"device {device}, batch {batch_size}, bf16 {amp} ({amp_reason}), channels_last {cfg.train.channels_last}, "
           f"{os.cpu_count()} CPU cores")
     fixed = torch.rand(batch_size, 3, cfg.data.image_size, cfg.data.image_size, device=device)
     fixed = fixed.contiguous(memory_format=memory_format)

@@ -11,6 +11,7 @@ types and impossible values raise ConfigError with a one-line message naming the
 import argparse
 import copy
 import json
+import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -54,7 +55,7 @@ class TrainConfig:
     grad_clip: float = 1.0               # max gradient norm; 0 disables clipping
     seed: int = 42
     device: str = "auto"                 # auto = cuda, else mps, else cpu
-    bf16: bool = True                    # bf16 autocast (CUDA and CPU; MPS runs in float32)
+    bf16: bool | str = "auto"            # bf16 autocast: "auto" = where native (CUDA GPUs, CPUs with AVX512-BF16/AMX)
     channels_last: bool = True           # NHWC memory layout: faster convolutions on CUDA and CPU
     compile: bool = False                # torch.compile the model (slow start, faster steps)
     log_every: int = 10                  # steps between progress-bar updates (and CUDA finite checks)
@@ -78,7 +79,9 @@ class Config:
 
 
 def _type_ok(value: object, annotation: object) -> bool:
-    """isinstance for the few annotations the schema uses (int, float, str, bool, list[int])."""
+    """isinstance for the few annotations the schema uses (int, float, str, bool, list[int], bool | str)."""
+    if isinstance(annotation, types.UnionType):
+        return any(_type_ok(value, option) for option in typing.get_args(annotation))
     if typing.get_origin(annotation) is list:
         (item_type,) = typing.get_args(annotation)
         return isinstance(value, list) and all(_type_ok(v, item_type) for v in value)
@@ -90,6 +93,8 @@ def _type_ok(value: object, annotation: object) -> bool:
 
 
 def _type_name(annotation: object) -> str:
+    if isinstance(annotation, types.UnionType):
+        return " or ".join(_type_name(option) for option in typing.get_args(annotation))
     return str(annotation).replace("typing.", "") if typing.get_origin(annotation) else annotation.__name__
 
 
@@ -159,6 +164,7 @@ def validate(cfg: Config) -> None:
         (t.beta >= 0, "train.beta", "0 or more"),
         (t.grad_clip >= 0, "train.grad_clip", "0 (off) or more"),
         (t.device in DEVICES, "train.device", f"one of {', '.join(DEVICES)}"),
+        (t.bf16 in (True, False, "auto"), "train.bf16", 'true, false or "auto"'),
         (t.log_every >= 1, "train.log_every", "at least 1"),
     ]
     for ok, key, allowed in checks:

@@ -7,13 +7,17 @@ rebuilt rather than used. Training slices batches straight from the array (`Batc
 uses `iterate_batches`, in order).
 """
 
+import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
 import math
 import multiprocessing
 import os
+import shutil
+import signal
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -25,14 +29,20 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+try:
+    import fcntl  # POSIX file locks; Windows has none, and then concurrent cache builds are not serialised
+except ImportError:
+    fcntl = None
+
 from src.config import Config
 from src.errors import DataError
-from src.utils import atomic_write
+from src.utils import atomic_write, to_device
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 CELEBA_WIDTH = 178          # width of the official aligned frame that data.center_crop refers to
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-CACHE_VERSION = 1           # bump when preprocessing changes, so old caches are rebuilt
+CACHE_VERSION = 2           # bump when preprocessing changes, so old caches are rebuilt
+MAX_IMAGE_BYTES = 64 << 20  # a larger file (or zip member) is no face image: refuse it before reading it
 QUICKSTART_HINT = "or try the no-download quickstart: python train.py --config config/quickstart.json"
 
 
@@ -42,6 +52,7 @@ class ImageSplit:
     names: list[str]                    # file name (or synthetic id) of each image
     attributes: np.ndarray | None       # (N, A) float32 labels, NaN where unknown
     attribute_names: list[str]
+    data_id: str = ""                   # the files and preprocessing, wherever they live (not the root)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -58,7 +69,9 @@ def preprocess(img: Image.Image, image_size: int, center_crop: int) -> np.ndarra
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")  # transparent pixels become white, not their hidden colour
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    img = img.convert("RGB")        # L, P, CMYK, I;16 ... all end as 8-bit RGB
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grey: scale, don't clip at 255
+        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+    img = img.convert("RGB")        # L, P, CMYK ... all end as 8-bit RGB
     w, h = img.size
     side = min(w, h) if center_crop == 0 else min(w, h, center_crop * w / CELEBA_WIDTH)
     left, top = (w - side) / 2, (h - side) / 2  # fractional: a half-size copy sees the same region
@@ -91,11 +104,20 @@ class ImageSource:
 _open_zips: dict[Path, zipfile.ZipFile] = {}  # one handle per worker process
 
 
+def _read_member(zf: zipfile.ZipFile, member: str) -> bytes:
+    """A zip member's bytes, if its uncompressed size is at most MAX_IMAGE_BYTES (zipfile never returns
+    more than that declared size: a header that lies fails its CRC check instead)."""
+    size = zf.getinfo(member).file_size
+    if size > MAX_IMAGE_BYTES:
+        raise ValueError(f"its uncompressed size {size} bytes exceeds {MAX_IMAGE_BYTES}")
+    return zf.read(member)
+
+
 def _open_image(source: ImageSource, name: str) -> Image.Image:
     if source.is_zip:
         if source.path not in _open_zips:
             _open_zips[source.path] = zipfile.ZipFile(source.path)
-        img = Image.open(io.BytesIO(_open_zips[source.path].read(source.prefix + name)))
+        img = Image.open(io.BytesIO(_read_member(_open_zips[source.path], source.prefix + name)))
     else:
         img = Image.open(source.path / name)
     img.load()  # decode now, so a broken file fails here, with its name
@@ -246,7 +268,7 @@ def _folder_split(root: Path, split: str) -> tuple[ImageSource, list[str], dict]
         raise DataError(f"no images (.jpg, .png, .webp) under '{root}'; point data.root at a folder of images")
 
     def bucket(rel: str) -> str:  # 90/5/5 by a hash of the name: stable when files are added
-        h = int(hashlib.md5(rel.encode()).hexdigest(), 16) % 100
+        h = int(hashlib.md5(rel.encode(), usedforsecurity=False).hexdigest(), 16) % 100
         return "train" if h < 90 else "val" if h < 95 else "test"
 
     names = [p.relative_to(root).as_posix() for p in paths]
@@ -277,11 +299,12 @@ def _load_cache(paths: dict[str, Path], key: str) -> tuple[np.ndarray, np.ndarra
         if meta.get("key") != key:
             print(f"cache {name} is stale (data or settings changed): rebuilding")
             return None
-        if _checksum(paths["images"]) != meta["checksum"]:
+        if _checksum(paths["images"]) != meta["checksum"] or \
+                (meta["has_labels"] and _checksum(paths["labels"]) != meta["labels_checksum"]):
             print(f"cache {name} is corrupt (checksum mismatch): rebuilding")
             return None
         images = np.load(paths["images"], mmap_mode="r")
-        labels = np.load(paths["labels"]) if meta["has_labels"] else None
+        labels = np.load(paths["labels"], allow_pickle=False) if meta["has_labels"] else None
         if list(images.shape) != meta["shape"] or images.dtype != np.uint8:
             raise ValueError(f"shape {images.shape} != {meta['shape']}")
         return images, labels
@@ -290,15 +313,67 @@ def _load_cache(paths: dict[str, Path], key: str) -> tuple[np.ndarray, np.ndarra
         return None
 
 
+@contextlib.contextmanager
+def _cache_lock(stem: Path):
+    """Hold an exclusive lock on the cache `stem`: concurrent builders (two runs, or DDP ranks on
+    several nodes sharing a disk) wait for one build and then reuse it. No-op where fcntl is missing."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    with open(stem.with_name(stem.name + ".lock"), "a+") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting for another process that is building {stem.name} ...")
+                fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # the lock is released when the file closes
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _no_space(directory: Path, nbytes: int) -> DataError:
+    free = shutil.disk_usage(directory).free
+    return DataError(f"not enough space in data.cache_dir '{directory}' for the cache: it needs "
+                     f"{nbytes / 2**20:.1f} MB, {free / 2**20:.1f} MB are free; free some space or set "
+                     "data.cache_dir=PATH")
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the blocks of the (sparse) file open_memmap just created: a full disk is then an
+    OSError here, not a SIGBUS later when the memory map is written."""
+    nbytes = path.stat().st_size
+    if nbytes > shutil.disk_usage(path.parent).free + path.stat().st_blocks * 512:
+        raise OSError(errno.ENOSPC, "no space left on device")
+    if hasattr(os, "posix_fallocate"):  # Linux; elsewhere the free-space check above has to do
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # some filesystems lack fallocate: fine
+                raise
+        finally:
+            os.close(fd)
+
+
+def _worker_init() -> None:
+    """Decoder processes leave interrupts to the main process: Ctrl-C reaches the whole process group,
+    and the main process ends the pool with SIGTERM, which must simply stop them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _build_cache(paths: dict[str, Path], meta: dict, jobs: list, worker, num_workers: int,
                  desc: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Run `worker` over `jobs` (each gives a chunk of images and labels, in order) into a new cache."""
-    paths["images"].parent.mkdir(parents=True, exist_ok=True)
+    for stale in paths["images"].parent.glob(paths["images"].stem + ".tmp*.npy"):
+        stale.unlink(missing_ok=True)  # left by a killed build (we hold the lock: nobody else is writing)
     shape = tuple(meta["shape"])
     tmp_path = paths["images"].with_suffix(f".tmp{os.getpid()}.npy")
-    out = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=shape)
-    pool = multiprocessing.Pool(num_workers) if num_workers > 0 else None
+    pool = None
     try:
+        out = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=shape)
+        _reserve(tmp_path)
+        pool = multiprocessing.Pool(num_workers, initializer=_worker_init) if num_workers > 0 else None
         labels, row = [], 0
         with tqdm(total=shape[0], desc=desc, unit="img") as bar:
             for chunk_images, chunk_labels in (pool.imap(worker, jobs) if pool else map(worker, jobs)):
@@ -313,29 +388,34 @@ def _build_cache(paths: dict[str, Path], meta: dict, jobs: list, worker, num_wor
         meta["has_labels"] = bool(labels)
         if labels:
             atomic_write(paths["labels"], lambda f: np.save(f, np.concatenate(labels)))
+            meta["labels_checksum"] = _checksum(paths["labels"])
         os.replace(tmp_path, paths["images"])
         # The metadata goes last: an interrupted build leaves no (matching) meta, so no usable cache.
         atomic_write(paths["meta"], lambda f: f.write(json.dumps(meta).encode()))
+    except OSError as e:
+        if e.errno in NO_SPACE:
+            raise _no_space(paths["images"].parent, int(np.prod(shape)) + 4096) from None
+        raise
     finally:
         if pool:
             pool.terminate()
+            pool.join()
         tmp_path.unlink(missing_ok=True)
     return np.load(paths["images"], mmap_mode="r"), (np.concatenate(labels) if labels else None)
 
 
-def load_split(cfg: Config, split: str) -> ImageSplit:
-    """The split as a cached uint8 array, building the cache on first use."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+def _sources(cfg: Config, split: str, root: Path) -> tuple[dict, list[str], dict, list, object, np.ndarray | None,
+                                                            list[str], str]:
+    """What a split is made of: (settings, names, fingerprint, jobs, worker, attributes, attribute names,
+    identity for the cache file name)."""
     d = cfg.data
-    root = Path(d.root).expanduser().resolve()
     attributes, attribute_names = None, []
     if d.dataset == "synthetic":
         from src.synthetic import FACTOR_NAMES
         counts = [d.synthetic_train, d.synthetic_val, d.synthetic_test]
         start, n = sum(counts[:SPLITS[split]]), counts[SPLITS[split]]
         names = [f"synthetic_{i:06d}" for i in range(start, start + n)]
-        identity = f"seed{cfg.train.seed}"
+        identity = f"seed{cfg.train.seed}-n{'-'.join(map(str, counts))}"
         fingerprint = {"seed": cfg.train.seed, "counts": counts}
         chunk = 250
         jobs = [(s, min(chunk, start + n - s), cfg.train.seed, d.image_size) for s in range(start, start + n, chunk)]
@@ -346,26 +426,37 @@ def load_split(cfg: Config, split: str) -> ImageSplit:
             source, names, fingerprint, attributes, attribute_names = _celeba_split(root, split)
         else:
             source, names, fingerprint = _folder_split(root, split)
-        identity = hashlib.md5(str(root).encode()).hexdigest()[:8]
+        identity = hashlib.md5(str(root).encode(), usedforsecurity=False).hexdigest()[:8]
         chunk = 256
         jobs = [(source, names[i:i + chunk], d.image_size, d.center_crop) for i in range(0, len(names), chunk)]
         worker = _decode_chunk
-
-    settings = {"version": CACHE_VERSION, "dataset": d.dataset, "split": split, "root": str(root),
+    settings = {"version": CACHE_VERSION, "dataset": d.dataset, "split": split,
                 "image_size": d.image_size, "center_crop": d.center_crop}
-    key = hashlib.sha256(json.dumps([settings, names, fingerprint], sort_keys=True).encode()).hexdigest()
+    return settings, names, fingerprint, jobs, worker, attributes, attribute_names, identity
+
+
+def load_split(cfg: Config, split: str) -> ImageSplit:
+    """The split as a cached uint8 array, building the cache on first use."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    d = cfg.data
+    root = Path(d.root).expanduser().resolve()
+    settings, names, fingerprint, jobs, worker, attributes, attribute_names, identity = _sources(cfg, split, root)
+    # data_id names the images and their preprocessing wherever they live; the cache key adds the root.
+    data_id = hashlib.sha256(json.dumps([settings, names, fingerprint], sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([data_id, str(root)]).encode()).hexdigest()
     stem = Path(d.cache_dir) / f"{d.dataset}-{split}-{d.image_size}px-crop{d.center_crop}-{identity}"
     paths = {"images": stem.with_suffix(".npy"), "labels": stem.with_suffix(".labels.npy"),
              "meta": stem.with_suffix(".json")}
-
-    cached = _load_cache(paths, key)
-    if cached is None:
-        meta = {"key": key, "shape": [len(names), 3, d.image_size, d.image_size], "settings": settings}
-        cached = _build_cache(paths, meta, jobs, worker, d.num_workers, desc=f"caching {d.dataset} {split}")
+    with _cache_lock(stem):
+        cached = _load_cache(paths, key)
+        if cached is None:
+            meta = {"key": key, "shape": [len(names), 3, d.image_size, d.image_size], "settings": settings}
+            cached = _build_cache(paths, meta, jobs, worker, d.num_workers, desc=f"caching {d.dataset} {split}")
     images, labels = cached
     if labels is not None:  # synthetic factors travel with the cache; CelebA's come from its list
         attributes = labels
-    return ImageSplit(images, names, attributes, attribute_names)
+    return ImageSplit(images, names, attributes, attribute_names, data_id)
 
 
 # --------------------------------------------------------------------------- batches
@@ -378,7 +469,9 @@ class Batches:
     gathered on the host and copied from pinned memory without blocking. Conversion to float and
     the optional horizontal flip run on the device. Under DDP each rank takes every
     world_size-th image of the epoch's order (the order is cut to a multiple of world_size when
-    shuffling, so every rank runs the same number of steps).
+    shuffling, so every rank runs the same number of steps). A shuffled (training) epoch never ends
+    in a batch of one image, which BatchNorm cannot normalise at a 1x1 bottleneck: that image sits
+    the epoch out.
     """
 
     def __init__(self, images: np.ndarray, batch_size: int, device: torch.device, shuffle: bool = False,
@@ -399,12 +492,18 @@ class Batches:
         if not self.shuffle:
             return torch.arange(n)[self.rank::self.world_size]
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
-        return order[:n - n % self.world_size][self.rank::self.world_size]
+        order = order[:n - n % self.world_size][self.rank::self.world_size]
+        return order[:self._per_rank()]
+
+    def _per_rank(self) -> int:
+        n = len(self.images)
+        if not self.shuffle:
+            return len(range(self.rank, n, self.world_size))
+        per_rank = (n - n % self.world_size) // self.world_size
+        return per_rank - 1 if per_rank % self.batch_size == 1 and per_rank > 1 else per_rank
 
     def __len__(self) -> int:
-        n = len(self.images)
-        per_rank = (n - n % self.world_size) // self.world_size if self.shuffle else len(range(self.rank, n, self.world_size))
-        return math.ceil(per_rank / self.batch_size)
+        return math.ceil(self._per_rank() / self.batch_size)
 
     def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[torch.Tensor]:
         """The batches of one epoch, from step `start_step` on (to resume mid-epoch)."""
@@ -417,10 +516,7 @@ class Batches:
                 x = self.on_device.index_select(0, index)
             else:  # sorted reads are faster on a memory map; the order within a batch does not matter
                 x = torch.from_numpy(self.images[np.sort(index.numpy())])
-                if self.device.type == "cuda":
-                    x = x.pin_memory().to(self.device, non_blocking=True)
-                else:
-                    x = x.to(self.device)
+                x = to_device(x.pin_memory() if self.device.type == "cuda" else x, self.device)
             x = x.float().div_(255)
             if self.hflip:
                 flip = torch.rand(len(x), device=x.device) < 0.5
@@ -428,12 +524,9 @@ class Batches:
             yield x.contiguous(memory_format=self.memory_format)
 
 
-def iterate_batches(images: np.ndarray, batch_size: int, device: torch.device, shuffle: bool = False,
-                    generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[torch.Tensor]:
-    """Float batches in [0, 1] on `device`, in order (or shuffled by `generator`); for evaluation."""
-    n = len(images)
-    order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        index = np.sort(order[start:start + batch_size])
-        yield torch.from_numpy(images[index]).to(device, non_blocking=True).float().div_(255)
+def iterate_batches(images: np.ndarray, batch_size: int, device: torch.device,
+                    uint8: bool = False) -> Iterator[torch.Tensor]:
+    """The images in order, in batches on `device`: float in [0, 1], or uint8 as stored; for evaluation."""
+    for start in range(0, len(images), batch_size):
+        x = to_device(torch.from_numpy(np.array(images[start:start + batch_size])), device)  # a copy: memmaps are read-only
+        yield x if uint8 else x.float().div_(255)

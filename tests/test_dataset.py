@@ -1,4 +1,10 @@
+import errno
+import hashlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,15 +186,15 @@ def test_synthetic_splits_are_disjoint_and_labelled(tmp_path):
     np.testing.assert_array_equal(load_split(cfg, "train").images, train.images)  # from the cache
 
 
-def test_iterate_batches_covers_each_image_once():
+def test_iterate_batches_covers_each_image_once_in_order():
     images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1).repeat(3, axis=1)
-    g = torch.Generator().manual_seed(0)
-    batches = list(iterate_batches(images, 4, torch.device("cpu"), shuffle=True, generator=g))
+    batches = list(iterate_batches(images, 4, torch.device("cpu")))
     assert [len(b) for b in batches] == [4, 4, 2]
     seen = torch.cat(batches)[:, 0, 0, 0] * 255
-    assert sorted(seen.round().long().tolist()) == list(range(10))
+    assert seen.round().long().tolist() == list(range(10))
     assert batches[0].dtype == torch.float32 and batches[0].max() <= 10 / 255 + 1e-6
-    assert len(list(iterate_batches(images, 4, torch.device("cpu"), drop_last=True))) == 2
+    raw = list(iterate_batches(images, 4, torch.device("cpu"), uint8=True))
+    assert raw[0].dtype == torch.uint8 and torch.cat(raw)[:, 0, 0, 0].tolist() == list(range(10))
 
 
 def _ids(batch: torch.Tensor) -> list[int]:
@@ -215,3 +221,118 @@ def test_batches_flip_on_the_device():
     batch = next(Batches(images, 64, torch.device("cpu"), hflip=True).epoch())
     flipped = batch[:, 0, 0, 1] == 1
     assert 10 < flipped.sum() < 54 and (batch[flipped, :, :, 0] == 0).all()
+
+
+# ----------------------------------------------------------------------------- cache builds under stress
+
+CONCURRENT_BUILD = """
+import sys
+from src.config import load_config
+from src.dataset import load_split
+split = load_split(load_config(sys.argv[1]), "train")
+print("images", int(split.images.sum()))
+"""
+
+
+def test_concurrent_builders_of_one_cache_wait_for_a_single_build(tmp_path):
+    tiny_config(tmp_path, data={"synthetic_train": 6000})  # a build of ~3 s: the two runs overlap
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_BUILD, str(tmp_path / "config.json")],
+                              cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    builds = [err.count("caching synthetic train") > 0 for _, err in outputs]
+    assert sorted(builds) == [False, True], outputs  # one built it; the other waited and reused it
+    assert outputs[0][0].splitlines()[-1] == outputs[1][0].splitlines()[-1]  # the same pixels
+
+
+def test_local_rank_zero_builds_first_on_every_node(monkeypatch):
+    """Global rank 8 is local rank 0 of the second node: it must not wait for node 0's cache."""
+    from src import training
+    events = []
+    monkeypatch.setattr(training.dist, "barrier", lambda: events.append("barrier"))
+    monkeypatch.setattr(training.dist, "is_initialized", lambda: True)
+    for local_rank in (0, 1):
+        with training.local_rank_zero_first(local_rank):
+            events.append(f"build {local_rank}")
+    assert events == ["build 0", "barrier", "barrier", "build 1"]
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path)
+    stale = tmp_path / "cache" / f"synthetic-train-16px-crop148-seed0-n48-16-16.tmp99999.npy"
+    stale.parent.mkdir()
+    stale.write_bytes(b"left by a killed build")
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(DataError, match=r"not enough space in data.cache_dir '.*cache' for the cache: it needs "
+                                        r"0\.0 MB, [\d.]+ MB are free; free some space or set data.cache_dir"):
+        load_split(cfg, "train")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")) == []
+    monkeypatch.undo()
+    assert len(load_split(cfg, "train")) == 48
+
+
+def test_zip_members_are_read_with_a_size_cap(tmp_path, monkeypatch):
+    make_celeba(tmp_path / "celeba", layout="zip")
+    monkeypatch.setattr(dataset, "MAX_IMAGE_BYTES", 1000)  # our test JPEGs are a few kB: "huge" here
+    with pytest.raises(DataError, match=r"img_align_celeba.zip:img_align_celeba/000001.jpg: its uncompressed "
+                                        r"size \d+ bytes exceeds 1000"):
+        load_split(celeba_config(tmp_path), "train")
+
+
+def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    ramp = (np.linspace(0, 65535, 32 * 32).reshape(32, 32)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode.startswith("I")
+        out = preprocess(img, 32, 0).astype(int)
+    expected = np.round(ramp / 257).astype(int)
+    assert np.abs(out[0] - expected).max() <= 1 and (out[0] == out[2]).all()
+    assert len(np.unique(out)) > 200  # a ramp, not black and white
+
+
+def test_synthetic_caches_of_other_sizes_coexist(tmp_path, monkeypatch):
+    small = tiny_config(tmp_path, data={"synthetic_val": 16})
+    large = tiny_config(tmp_path, data={"synthetic_val": 32})
+    a, b = load_split(small, "train"), load_split(large, "train")
+    assert len(list((tmp_path / "cache").glob("synthetic-train-*.json"))) == 2
+    monkeypatch.setattr(dataset, "_generate_chunk", lambda job: pytest.fail("rebuilt"))
+    np.testing.assert_array_equal(load_split(small, "train").images, a.images)
+    np.testing.assert_array_equal(load_split(large, "train").images, b.images)
+
+
+def test_corrupt_labels_are_rebuilt(tmp_path, capsys):
+    cfg = tiny_config(tmp_path)
+    good = load_split(cfg, "train").attributes.copy()
+    (labels,) = (tmp_path / "cache").glob("*.labels.npy")
+    np.save(labels, np.zeros_like(good))
+    np.testing.assert_array_equal(load_split(cfg, "train").attributes, good)
+    assert "corrupt" in capsys.readouterr().out
+
+
+def test_md5_is_not_used_for_security(tmp_path, monkeypatch):
+    """On FIPS systems hashlib.md5 refuses to run unless told it is not for security."""
+    real_md5 = hashlib.md5
+
+    def fips_md5(*args, usedforsecurity=True, **kwargs):
+        if usedforsecurity:
+            raise ValueError("[digital envelope routines] unsupported")
+        return real_md5(*args, usedforsecurity=False, **kwargs)
+
+    monkeypatch.setattr(hashlib, "md5", fips_md5)
+    make_celeba(tmp_path / "celeba")
+    assert len(load_split(celeba_config(tmp_path), "train")) == 12
+    face_like_image(0).save(tmp_path / "photo.jpg")
+    folder = tiny_config(tmp_path, data={"dataset": "folder", "root": str(tmp_path / "celeba")})
+    assert len(load_split(folder, "train")) > 0
+
+
+def test_training_epochs_never_end_in_a_batch_of_one():
+    images = np.zeros((33, 3, 2, 2), dtype=np.uint8)
+    batches = Batches(images, 16, torch.device("cpu"), shuffle=True)
+    assert len(batches) == 2 and [len(b) for b in batches.epoch()] == [16, 16]
+    assert [len(b) for b in Batches(images, 16, torch.device("cpu")).epoch()] == [16, 16, 1]  # evaluation: all

@@ -9,7 +9,7 @@ from src.dataset import load_split
 from src import metrics
 from src.errors import run_cli
 from src.model import vae_loss
-from src.utils import load_checkpoint, model_from_checkpoint
+from src.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 def run(trained, tmp_path, *args):
@@ -72,3 +72,12 @@ def test_fid_samples_must_be_at_least_two(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(evaluate.main, ["--checkpoint", str(trained["checkpoint"]), "--fid-samples", "1"])
     assert "--fid-samples must be at least 2" in capsys.readouterr().err
+
+
+def test_metrics_json_is_replaced_atomically(trained, tmp_path):
+    """A crash mid-write must leave the previous metrics.json whole: a new file is renamed over it."""
+    run(trained, tmp_path)
+    first = (tmp_path / "metrics.json").stat().st_ino
+    run(trained, tmp_path)
+    assert (tmp_path / "metrics.json").stat().st_ino != first
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]

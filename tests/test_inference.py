@@ -39,7 +39,7 @@ def test_writes_the_four_files_with_their_layouts(trained, tmp_path, capsys):
 
     # Row 1 of reconstructions.png holds originals: the first test image, as the data cache has it.
     from src.dataset import load_split
-    from src.utils import load_checkpoint, model_from_checkpoint
+    from src.checkpoint import load_checkpoint, model_from_checkpoint
     _, cfg = model_from_checkpoint(load_checkpoint(trained["checkpoint"]))
     first = load_split(cfg, "test").images[0].transpose(1, 2, 0)
     assert np.array_equal(pixels(out / "reconstructions.png")[PAD:PAD + SIZE, PAD:PAD + SIZE], first)
@@ -118,3 +118,39 @@ def test_missing_or_unreadable_image_is_one_line(trained, tmp_path, capsys):
                                      "--images", str(good), str(bad)])
         err = capsys.readouterr().err
         assert err.startswith("error: ") and str(bad) in err and words in err and err.count("\n") == 1
+
+
+class NoFloat64(torch.Tensor):
+    """Stands in for a tensor on Apple's MPS, which has no float64: only .cpu() leaves that device."""
+
+    def double(self):
+        raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64")
+
+    def cpu(self):
+        return self.as_subclass(torch.Tensor)
+
+
+class OnMPS(torch.nn.Module):
+    """A trained model whose codes come back 'on MPS' and whose decoder takes float32 only."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.fc_mu = model, model.fc_mu
+
+    def encode(self, x):
+        mu, logvar = self.model.encode(x)
+        return mu.as_subclass(NoFloat64), logvar
+
+    def decode(self, z):
+        assert z.dtype == torch.float32
+        return self.model.decode(z.as_subclass(torch.Tensor))
+
+
+def test_morphs_interpolate_on_the_cpu_for_devices_without_float64(trained):
+    from src.checkpoint import load_checkpoint, model_from_checkpoint
+    model, _ = model_from_checkpoint(load_checkpoint(trained["checkpoint"]))
+    a, b = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        lerp, slerp = inference.morph_rows(OnMPS(model.eval()), a, b, steps=5)
+        expected = inference.morph_rows(model, a, b, steps=5)
+    assert torch.equal(lerp, expected[0]) and torch.equal(slerp, expected[1])

@@ -13,6 +13,7 @@ import torch
 
 import evaluate
 from src import metrics
+from src.dataset import iterate_batches
 from src.errors import run_cli
 from src.model import ConvVAE, vae_loss
 from src.synthetic import generate_faces
@@ -28,7 +29,7 @@ def features(extractor) -> dict[str, torch.Tensor]:
     """Features of 40 synthetic 64 px faces and of 20 uniform-noise images."""
     faces, _ = generate_faces(40, seed=3, image_size=64)
     noise = np.random.default_rng(0).integers(0, 256, size=(20, 3, 64, 64), dtype=np.uint8)
-    return {name: metrics.image_features(extractor, metrics.real_batches(images, 20, torch.device("cpu")),
+    return {name: metrics.image_features(extractor, iterate_batches(images, 20, torch.device("cpu"), uint8=True),
                                          len(images), desc=name)
             for name, images in (("faces", faces), ("noise", noise))}
 
@@ -146,3 +147,11 @@ def test_fid_equals_torchmetrics_formula(n_real, n_fake):
     fake = torch.randn(n_fake, 16, generator=g, dtype=torch.float64) * 1.5 + 0.3
     expected = _compute_fid(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T))
     assert metrics.fid(real, fake) == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_inception_weights_that_fail_their_hash_are_a_one_line_error(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(metrics, "INCEPTION_SHA1", "0" * 40)  # as if the file were damaged or replaced
+    with pytest.raises(SystemExit):
+        run_cli(evaluate.main, ["--checkpoint", str(trained["checkpoint"]), f"paths.results_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert err.startswith("error: the Inception weights") and "not the published" in err and err.count("\n") == 1

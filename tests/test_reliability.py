@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,9 +13,10 @@ import pytest
 import torch
 
 import train
-from src.errors import NumericalError
-from src.utils import load_checkpoint
-from tests.conftest import tiny_config
+from src import training
+from src.errors import NumericalError, run_cli
+from src.checkpoint import load_checkpoint
+from tests.conftest import make_celeba, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,7 +67,7 @@ def test_interrupt_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
 
     config = slow_config(tmp_path, "interrupted", epochs=2)
     calls = {"n": 0}
-    real_loss = train.vae_loss
+    real_loss = training.vae_loss
 
     def loss_then_sigterm(*args, **kwargs):  # a SIGTERM arrives during step 30 of epoch 2
         calls["n"] += 1
@@ -73,14 +75,14 @@ def test_interrupt_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train, "vae_loss", loss_then_sigterm)
+    monkeypatch.setattr(training, "vae_loss", loss_then_sigterm)
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--config", str(config)])
     assert exit_info.value.code == 143
     saved = load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "last_vae.pth")
     assert (saved["epoch"], saved["step"]) == (1, 30)
 
-    monkeypatch.setattr(train, "vae_loss", real_loss)
+    monkeypatch.setattr(training, "vae_loss", real_loss)
     train.main(["--config", str(config), "--resume"])
     resumed = load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "last_vae.pth")
     assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
@@ -89,7 +91,7 @@ def test_interrupt_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
 
 def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tmp_path):
     path = tmp_path / "last_vae.pth"
-    saver = ("import sys, torch; from src.utils import save_checkpoint\n"
+    saver = ("import sys, torch; from src.checkpoint import save_checkpoint\n"
              "i = 0\n"
              "while True:\n"
              "    save_checkpoint({'model': {'w': torch.full((512, 512), float(i))}, 'epoch': i}, sys.argv[1])\n"
@@ -114,16 +116,164 @@ def test_nan_stops_at_once_and_saves_nothing(tmp_path, monkeypatch):
     before = best.read_bytes()
 
     calls = {"n": 0}
-    real_loss = train.vae_loss
+    real_loss = training.vae_loss
 
     def faulty_loss(*args, **kwargs):  # the 3rd step of epoch 2 goes non-finite
         calls["n"] += 1
         total, recon, kl = real_loss(*args, **kwargs)
         return (total * float("nan"), recon, kl) if calls["n"] == 3 else (total, recon, kl)
 
-    monkeypatch.setattr(train, "vae_loss", faulty_loss)
+    monkeypatch.setattr(training, "vae_loss", faulty_loss)
     with pytest.raises(NumericalError, match=r"epoch 2, step 3.*last_vae.pth \(epoch 1\)"):
         train.main(["--config", str(config), "--resume"])
     assert best.read_bytes() == before
     assert load_checkpoint(tmp_path / "checkpoints" / "last_vae.pth")["epoch"] == 1
     assert len(json.loads((tmp_path / "results" / "history.json").read_text())) == 1
+
+
+# ----------------------------------------------------------------------------- cache builds and signals
+
+def test_a_corrupt_image_with_worker_processes_fails_at_once(tmp_path):
+    """Pool workers once inherited train.py's SIGTERM handler, ignored pool.terminate() and hung for ever."""
+    make_celeba(tmp_path / "celeba", counts=(300, 8, 8), size=(89, 109))
+    bad = tmp_path / "celeba" / "img_align_celeba" / "000004.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])
+    tiny_config(tmp_path, data={"dataset": "celeba", "num_workers": 2})
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(tmp_path / "config.json")],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "%|" not in line]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: cannot read image") and "000004.jpg" in lines[0]
+
+
+SLOW_BUILD = """
+import sys, time
+import src.dataset as dataset
+from src.errors import run_cli
+import train
+real = dataset._generate_chunk
+def slow_chunk(job):  # a cache build that lasts long enough to be interrupted
+    time.sleep(0.5)
+    return real(job)
+dataset._generate_chunk = slow_chunk
+run_cli(train.main, sys.argv[1:])
+"""
+
+
+def test_ctrl_c_during_a_cache_build_stops_it_promptly_printing_once(tmp_path):
+    tiny_config(tmp_path, data={"synthetic_train": 20000, "num_workers": 2})
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, "--config", str(tmp_path / "config.json")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's job
+    deadline = time.time() + 60
+    while not list(cache.glob("*.tmp*.npy")):  # the build has started
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the main process and every worker
+    start = time.time()
+    out, err = proc.communicate(timeout=30)
+    assert time.time() - start < 10 and proc.returncode == 130, (out, err)
+    lines = [line for line in (out + err).splitlines() if line.strip() and "%|" not in line]
+    assert len(lines) == 1 and "interrupted (SIGINT)" in lines[0], lines
+    assert not list(cache.glob("*.tmp*")) and not list(cache.glob("*.json"))  # no half-built cache
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # no worker process is left behind
+
+
+# ----------------------------------------------------------------------------- resume compatibility
+
+def interrupted_run(tmp_path, monkeypatch, at_step: int, **train_keys) -> Path:
+    """Train `slow_config` until a SIGTERM lands during step `at_step` of epoch 1; returns the config."""
+    config = slow_config(tmp_path, "run", epochs=2, **train_keys)
+    calls, real_loss = {"n": 0}, training.vae_loss
+
+    def loss_then_sigterm(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "vae_loss", loss_then_sigterm)
+    with pytest.raises(SystemExit):
+        train.main(["--config", str(config)])
+    monkeypatch.setattr(training, "vae_loss", real_loss)
+    return config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=8", "stopped mid-epoch with train.batch_size 4, now 8"),
+    ("train.seed=1", "stopped mid-epoch with train.seed 0, now 1"),
+    ("model.latent_dim=4", "different 'model' settings (model.latent_dim: 8 -> 4)"),
+    ("data.image_size=32", "different 'data' settings (data.image_size: 16 -> 32)"),
+])
+def test_a_mid_epoch_resume_that_would_change_the_epoch_is_refused(tmp_path, monkeypatch, capsys, override,
+                                                                   message):
+    config = interrupted_run(tmp_path, monkeypatch, at_step=20)
+    last = tmp_path / "run" / "checkpoints" / "last_vae.pth"
+    before = last.read_bytes()
+    capsys.readouterr()  # the interrupted run's output
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train.main, ["--config", str(config), "--resume", override])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+    assert last.read_bytes() == before
+
+
+def test_a_resume_may_move_the_data_cache_and_workers(tmp_path, monkeypatch):
+    config = slow_config(tmp_path, "straight", epochs=2)
+    train.main(["--config", str(config)])
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last_vae.pth")
+    config = interrupted_run(tmp_path, monkeypatch, at_step=20)
+    train.main(["--config", str(config), "--resume", "data.num_workers=1", f"data.cache_dir={tmp_path / 'moved'}",
+                f"paths.results_dir={tmp_path / 'elsewhere'}"])
+    resumed = load_checkpoint(tmp_path / "run" / "checkpoints" / "last_vae.pth")
+    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
+
+
+def test_celeba_moved_to_another_root_resumes_but_other_files_do_not(tmp_path, capsys):
+    make_celeba(tmp_path / "celeba", counts=(40, 8, 8))
+    cfg = tiny_config(tmp_path, data={"dataset": "celeba"}, train={"epochs": 2})
+    config = str(tmp_path / "config.json")
+    train.main(["--config", config, "train.epochs=1"])
+    shutil.copytree(tmp_path / "celeba", tmp_path / "moved")
+    train.main(["--config", config, "--resume", f"data.root={tmp_path / 'moved'}"])
+    assert load_checkpoint(tmp_path / "checkpoints" / "last_vae.pth")["epoch"] == 2
+    with open(tmp_path / "moved" / "img_align_celeba" / "000001.jpg", "ab") as f:
+        f.write(b"\0")  # another file now (its size changed)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train.main, ["--config", config, "--resume", "train.epochs=3", f"data.root={tmp_path / 'moved'}"])
+    assert exit_info.value.code == 2 and "was trained on other images" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- numerics and batch sizes
+
+def test_nothing_non_finite_is_saved_between_cuda_checks(tmp_path, monkeypatch):
+    """On CUDA the finite check runs every train.log_every steps; a save in between must check first."""
+    monkeypatch.setattr(train, "checks_every_step", lambda device: False)  # the CUDA policy, on the CPU
+    config = slow_config(tmp_path, "run", log_every=50)
+    calls, real_loss = {"n": 0}, training.vae_loss
+
+    def nan_then_sigterm(*args, **kwargs):  # step 3 goes non-finite, and a SIGTERM arrives during it
+        calls["n"] += 1
+        total, recon, kl = real_loss(*args, **kwargs)
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return total * float("nan"), recon, kl
+        return total, recon, kl
+
+    monkeypatch.setattr(training, "vae_loss", nan_then_sigterm)
+    with pytest.raises(NumericalError, match="epoch 1, step 3"):
+        train.main(["--config", str(config)])
+    assert not (tmp_path / "run" / "checkpoints" / "last_vae.pth").exists()
+
+
+def test_a_batch_of_one_never_reaches_batchnorm_at_a_1x1_bottleneck(tmp_path):
+    """33 images in batches of 16 would end in a batch of one, which BatchNorm cannot train on."""
+    tiny_config(tmp_path, data={"synthetic_train": 33}, model={"hidden_dims": [8, 16, 32, 64]})
+    train.main(["--config", str(tmp_path / "config.json")])
+    history = json.loads((tmp_path / "results" / "history.json").read_text())
+    assert history[0]["train_total"] > 0

@@ -6,7 +6,7 @@ from PIL import Image
 
 import train
 from src.errors import run_cli
-from src.utils import load_checkpoint, model_from_checkpoint
+from src.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.conftest import make_celeba
 
 HISTORY_KEYS = {"epoch", "train_total", "train_recon", "train_kl", "val_total", "val_recon", "val_kl",

@@ -1,0 +1,72 @@
+"""The pieces of a training run that train.py and the benchmark share: one optimisation step, a
+validation pass, and joining a torchrun job (device, ranks, collectives, who builds the data cache)."""
+
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from src.dataset import Batches
+from src.model import ConvVAE, vae_loss
+from src.utils import pick_device
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, beta: float,
+               amp: bool, max_norm: float) -> tuple[torch.Tensor, ...]:
+    """One optimisation step; (total, recon, kl, gradient norm before clipping), left on the device."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        x_hat, mu, logvar = model(x)
+    total, recon, kl = vae_loss(x_hat, x, mu, logvar, beta)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    return total.detach(), recon.detach(), kl.detach(), grad_norm.detach()
+
+
+@torch.no_grad()
+def validate(model: ConvVAE, batches: Batches, beta: float, amp: bool) -> dict:
+    """Mean total/recon/KL per image over the split (all ranks), with z sampled as in training."""
+    model.eval()
+    sums = torch.zeros(4, device=batches.device)  # total, recon, kl (summed over images), count
+    for x in tqdm(batches.epoch(), total=len(batches), desc="  val", leave=False, disable=batches.rank != 0):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            x_hat, mu, logvar = model(x)
+        total, recon, kl = vae_loss(x_hat, x, mu, logvar, beta)
+        sums += torch.stack([total, recon, kl, torch.ones_like(total)]) * len(x)  # no host->device copy
+    total, recon, kl, count = all_reduce(sums).tolist()
+    return {"total": total / count, "recon": recon / count, "kl": kl / count}
+
+
+def setup_distributed(device_name: str) -> tuple[int, int, int, torch.device]:
+    """(rank, local rank, world size, device). Under torchrun, join the group: NCCL on GPUs, gloo on CPU."""
+    device = pick_device(device_name)
+    if "RANK" not in os.environ:
+        return 0, 0, 1, device
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), local_rank, dist.get_world_size(), device
+
+
+def all_reduce(t: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
+    """Reduce in place across ranks (a no-op in a single process)."""
+    if dist.is_initialized():
+        dist.all_reduce(t, op=op)
+    return t
+
+
+@contextlib.contextmanager
+def local_rank_zero_first(local_rank: int):
+    """Local rank 0 of every node runs the block first (e.g. builds the data cache on that node's disk);
+    the node's other ranks then reuse its result. Nodes sharing a disk are serialised by the cache's
+    own file lock."""
+    if local_rank != 0:
+        dist.barrier()
+    yield
+    if local_rank == 0 and dist.is_initialized():
+        dist.barrier()
