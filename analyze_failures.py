@@ -23,7 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 from src.config import argument_parser
 from src.dataset import load_split
 from src.errors import UserError, run_cli
-from src.metrics import per_image_stats, recon_batches
+from src.fid import recon_batches
+from src.metrics import per_image_stats
 from src.checkpoint import load_trained
 from src.utils import ensure_writable_dir
 

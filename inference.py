@@ -2,13 +2,15 @@
 
     python inference.py                                  # checkpoints/best_vae.pth, test split
     python inference.py --n 100 --temperature 0.7 --seed 1
+    python inference.py --sampler gmm                    # sample where the training codes are
     python inference.py --pairs 6 --steps 12 --split val
     python inference.py --images me.jpg friend.png       # morph two images of your own
 
 Writes to {paths.results_dir}/inference_test_set/:
 
-- samples.png          --n faces decoded from z ~ N(0, temperature^2 I), ceil(sqrt(n)) per row;
-                       a fixed --seed gives the same grid every time.
+- samples.png          --n faces decoded from --sampler codes: z ~ N(0, temperature^2 I) (prior), or
+                       a Gaussian mixture fitted to the training set's codes (gmm); ceil(sqrt(n))
+                       per row; a fixed --seed gives the same grid every time.
 - reconstructions.png  16 evenly spaced images of --split in two blocks of 8: a row of originals,
                        the row of their reconstructions (z = mu) below it, then the next 8 the same way.
 - morph.png            two rows per pair of images (--pairs pairs of evenly spaced --split images):
@@ -37,6 +39,7 @@ from PIL import Image
 from src.config import argument_parser
 from src.dataset import load_split, preprocess
 from src.errors import DataError, UserError, run_cli
+from src.latent import SAMPLERS, latent_codes, training_gmm
 from src.checkpoint import load_trained
 from src.utils import ensure_writable_dir, save_image_grid, to_uint8
 
@@ -163,7 +166,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=64, help="number of prior samples (default 64, an 8x8 grid)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default 0)")
     parser.add_argument("--temperature", type=float, default=1.0,
-                        help="std of the prior samples, > 0 (default 1.0; lower = smoother, less varied faces)")
+                        help="scale of the samples' spread, > 0 (default 1.0; lower = smoother, less varied faces)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="prior",
+                        help="prior: z ~ N(0, T^2 I); gmm: a 10-component Gaussian mixture fitted to the training "
+                             "set's posterior means (fitted once per checkpoint, cached under data.cache_dir)")
     parser.add_argument("--split", choices=("test", "val", "train"), default="test",
                         help="images to reconstruct and morph (default test)")
     parser.add_argument("--pairs", type=int, default=4, help="pairs of images to morph (default 4)")
@@ -182,10 +188,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     size, crop = cfg.data.image_size, cfg.data.center_crop
     user_pair = [read_image(p, size, crop) for p in args.images] if args.images else None
     out_dir = ensure_writable_dir(Path(cfg.paths.results_dir) / OUT_DIR, "paths.results_dir")
+    device = next(model.parameters()).device
     print(f"{checkpoint} (epoch {state.get('epoch')}), {size}x{size} images, latent {model.latent_dim}")
     written = []
     with torch.no_grad():
-        samples = model.sample(args.n, args.temperature, torch.Generator().manual_seed(args.seed))
+        gmm = None
+        if args.sampler == "gmm":
+            train = load_split(cfg, "train")
+            gmm = training_gmm(model, checkpoint, train.images, train.data_id, cfg.data.cache_dir,
+                               cfg.train.batch_size, device)
+        z = latent_codes(args.sampler, args.n, model.latent_dim, args.seed, gmm, args.temperature)
+        samples = model.decode(z.to(device))
         written.append(save_image_grid(samples, out_dir / "samples.png", nrow=math.ceil(math.sqrt(args.n))))
 
         if user_pair is None:

@@ -31,7 +31,7 @@ from src.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_
 from src.config import Config, argument_parser, load_config
 from src.dataset import Batches, load_split
 from src.errors import CheckpointError, NumericalError, run_cli
-from src.model import ConvVAE, build_model
+from src.model import ConvVAE, bits_per_dim, build_model
 from src.training import all_reduce, local_rank_zero_first, setup_distributed, train_step, validate
 from src.utils import atomic_write, choose_bf16, ensure_writable_dir, save_image_grid, seed_everything
 
@@ -101,6 +101,10 @@ def check_resumable(saved: dict, cfg: Config, world_size: int, path: Path) -> No
             raise CheckpointError(f"{path} was trained with different '{section}' settings ({section}.{k}: "
                                   f"{then[section].get(k)} -> {now[section][k]}); resume with the same config, "
                                   "or start afresh without --resume")
+    old_loss = then["train"].get("recon_loss", "mse_sum")
+    if old_loss != cfg.train.recon_loss:  # the best validation loss so far is in the old loss's units
+        raise CheckpointError(f"{path} was trained with train.recon_loss={old_loss}; resume with it, or start "
+                              "afresh without --resume")
     if saved.get("step"):  # mid-epoch: the rest of the epoch must see exactly the same batches
         for key, old, new in (("train.batch_size", then["train"]["batch_size"], cfg.train.batch_size),
                               ("train.seed", then["train"]["seed"], cfg.train.seed),
@@ -166,13 +170,12 @@ def train_epoch(model, optimizer, batches: Batches, epoch: int, start_step: int,
     """Train one epoch from `start_step`, adding (total, recon, kl) x images, grad norm and images to `sums`
     on the device; returns (steps done, fewer than len(batches) when interrupted; images this rank saw)."""
     t, device, master = cfg.train, batches.device, batches.rank == 0
-    max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
     model.train()
     steps, images = start_step, 0
     bar = tqdm(batches.epoch(epoch, start_step), total=len(batches), initial=start_step,
                desc=f"epoch {epoch + 1}/{t.epochs}", disable=not master)
     for x in bar:
-        total, recon, kl, grad_norm = train_step(model, optimizer, x, t.beta, amp, max_norm)
+        total, recon, kl, grad_norm = train_step(model, optimizer, x, t, amp)
         n = len(x)  # a Python int: torch.tensor(n, device=cuda) would be a blocking copy each step
         sums += torch.stack([total * n, recon * n, kl * n, grad_norm, torch.ones_like(total) * n])
         finite.update(steps, total, grad_norm)
@@ -285,13 +288,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                 sys.exit(128 + signum)
 
             all_reduce(sums)
-            val = validate(raw_model, val_batches, t.beta, amp)
+            val = validate(raw_model, val_batches, t, amp)
             scheduler.step()
             record = epoch_record(epoch, sums, steps, val, lr, time.perf_counter() - start, train_seconds, images,
                                   world_size, device)
             if not all(math.isfinite(record[k]) for k in ("train_total", "val_total", "val_recon", "val_kl")):
                 raise NumericalError(f"non-finite validation loss after epoch {epoch + 1} ({val}); nothing saved; "
                                      "try a lower train.lr or train.bf16=false")
+            if t.recon_loss == "gaussian":  # losses in nats: also as bits per dimension (-ELBO, 8-bit scale)
+                pixels = 3 * cfg.data.image_size ** 2
+                record |= {f"{s}_bpd": bits_per_dim(record[f"{s}_recon"] + record[f"{s}_kl"], pixels)
+                           for s in ("train", "val")}
             history.append(record)
             is_best = val["total"] < best_val
             best_val = min(best_val, val["total"])

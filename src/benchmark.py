@@ -121,9 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg.model, cfg.data.image_size).to(device, memory_format=memory_format)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-        max_norm = cfg.train.grad_clip or float("inf")
-        return lambda x: train_step(model, optimizer, x.contiguous(memory_format=memory_format), cfg.train.beta,
-                                    amp, max_norm)
+        return lambda x: train_step(model, optimizer, x.contiguous(memory_format=memory_format), cfg.train, amp)
 
     print(f"device {device}, batch {batch_size}, bf16 {amp} ({amp_reason}), channels_last {cfg.train.channels_last}, "
           f"{os.cpu_count()} CPU cores")

@@ -22,6 +22,7 @@ from src.errors import ConfigError
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.json"
 DATASETS = ("celeba", "folder", "synthetic")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+RECON_LOSSES = ("mse_sum", "gaussian")
 
 
 @dataclass
@@ -52,6 +53,8 @@ class TrainConfig:
     lr: float = 1e-3
     lr_gamma: float = 0.95               # learning rate is multiplied by this after each epoch
     beta: float = 1.2                    # weight of the KL term
+    recon_loss: str = "mse_sum"          # mse_sum (the seed's) | gaussian (calibrated sigma, loss in nats)
+    sigma_min: float = 0.0025            # gaussian: soft floor on the calibrated sigma (sigma-VAE: exp(-6) = 0.00248)
     grad_clip: float = 1.0               # max gradient norm; 0 disables clipping
     seed: int = 42
     device: str = "auto"                 # auto = cuda, else mps, else cpu
@@ -162,6 +165,8 @@ def validate(cfg: Config) -> None:
         (t.lr > 0, "train.lr", "greater than 0"),
         (0 < t.lr_gamma <= 1, "train.lr_gamma", "in (0, 1]"),
         (t.beta >= 0, "train.beta", "0 or more"),
+        (t.recon_loss in RECON_LOSSES, "train.recon_loss", f"one of {', '.join(RECON_LOSSES)}"),
+        (0 < t.sigma_min < 1, "train.sigma_min", "in (0, 1)"),
         (t.grad_clip >= 0, "train.grad_clip", "0 (off) or more"),
         (t.device in DEVICES, "train.device", f"one of {', '.join(DEVICES)}"),
         (t.bf16 in (True, False, "auto"), "train.bf16", 'true, false or "auto"'),

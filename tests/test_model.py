@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from src.model import ConvVAE, vae_loss
+from src.model import ConvVAE, bits_per_dim, calibrated_log_sigma, gaussian_nll, vae_loss
 
 
 @pytest.mark.parametrize("hidden_dims, image_size, batch_norm", [
@@ -54,3 +56,34 @@ def test_reparameterize_uses_the_variance():
     mu, logvar = torch.full((20000, 1), 2.0), torch.full((20000, 1), 2 * torch.log(torch.tensor(3.0)))
     z = ConvVAE.reparameterize(mu, logvar)
     assert abs(z.mean().item() - 2.0) < 0.1 and abs(z.std().item() - 3.0) < 0.1
+
+
+def test_gaussian_loss_equals_a_hand_computation():
+    """Two 1x1x2 'images' (4 values): errors 0.1, -0.1, 0.3, 0 -> SSE 0.02 and 0.09, MSE 0.0275.
+    The calibrated sigma^2 is the batch MSE, and the NLL per image is 0.5 SSE / sigma^2 + 2 log sigma
+    + log(2 pi) (two values per image)."""
+    x = torch.tensor([[[[0.5, 0.5]]], [[[0.2, 0.6]]]])
+    x_hat = x + torch.tensor([[[[0.1, -0.1]]], [[[0.3, 0.0]]]])
+    mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)  # KL = 0
+    total, recon, kl = vae_loss(x_hat, x, mu, logvar, beta=1.0, recon_loss="gaussian", sigma_min=1e-6)
+    sigma2 = 0.0275
+    expected = [0.5 * sse / sigma2 + math.log(sigma2) + math.log(2 * math.pi) for sse in (0.02, 0.09)]
+    assert recon.item() == pytest.approx(sum(expected) / 2, rel=1e-5) and kl.item() == 0
+    assert total.item() == pytest.approx(recon.item())
+    # the floor: a tiny error does not give sigma below sigma_min (soft clamp, ~log 2 above it at most)
+    sse = torch.full((4,), 1e-12)
+    assert math.exp(calibrated_log_sigma(sse, 100, sigma_min=0.01).item()) >= 0.01
+
+
+def test_the_calibrated_sigma_reaches_the_batch_mse_and_maximises_the_likelihood():
+    sse = torch.tensor([3.0, 5.0, 4.0])
+    log_sigma = calibrated_log_sigma(sse, pixels=100, sigma_min=1e-6)
+    assert math.exp(2 * log_sigma.item()) == pytest.approx(4.0 / 100, rel=1e-4)  # softclip adds ~1e-5
+    nll = lambda s: gaussian_nll(sse, 100, torch.tensor(s)).mean().item()
+    best = nll(log_sigma.item())
+    assert best < nll(log_sigma.item() + 0.05) and best < nll(log_sigma.item() - 0.05)
+
+
+def test_bits_per_dim_is_the_8_bit_scale():
+    assert bits_per_dim(0.0, 12288) == pytest.approx(8.0)  # density 1 on [0, 1] = 1/256 per 8-bit level
+    assert bits_per_dim(12288 * math.log(2), 12288) == pytest.approx(9.0)

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -76,3 +77,22 @@ def test_bad_input_is_one_line_and_touches_nothing(tmp_path, config_file, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert (tmp_path / "checkpoints" / "best_vae.pth").read_bytes() == b"previous run"
+
+
+def test_the_calibrated_gaussian_decoder_trains_in_nats_and_evaluates(tmp_path, config_file):
+    import evaluate
+    path = str(config_file(train={"recon_loss": "gaussian", "epochs": 2}))
+    train.main(["--config", path])
+    history = json.loads((tmp_path / "results" / "history.json").read_text())
+    assert set(history[0]) == HISTORY_KEYS | {"train_bpd", "val_bpd"}
+    h = history[-1]
+    assert h["train_total"] == pytest.approx(h["train_recon"] + 1.2 * h["train_kl"], rel=1e-4)
+    assert h["val_bpd"] == pytest.approx((h["val_recon"] + h["val_kl"]) / (3 * 16 * 16 * math.log(2)) + 8)
+    evaluate.main(["--checkpoint", str(tmp_path / "checkpoints" / "best_vae.pth"), "--no-fid",
+                   f"paths.results_dir={tmp_path / 'eval'}"])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    z = metrics["z_sampled"]
+    assert metrics["recon_loss"] == "gaussian" and z["beta_loss"] == pytest.approx(z["nll_nats"] + 1.2 * z["kl"])
+    assert z["recon"] > 0 and z["elbo_nats"] == pytest.approx(z["nll_nats"] + z["kl"])  # seed's units too
+    with pytest.raises(Exception, match="trained with train.recon_loss=gaussian"):
+        train.main(["--config", path, "--resume", "train.recon_loss=mse_sum", "train.epochs=3"])

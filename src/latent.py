@@ -1,0 +1,131 @@
+"""The latent space of a trained VAE: posterior means of a split, and an ex-post density to sample from.
+
+A VAE's prior samples come from N(0, I), while the encoder's codes of real images fill only part of
+it. Fitting a Gaussian mixture to the training set's posterior means and sampling from it (the
+"ex-post density estimation" of Ghosh et al. 2020, RAE; pythae's GaussianMixtureSampler) decodes
+codes that lie where the decoder was trained. Fitted results are cached under data.cache_dir as
+.npz arrays (never pickles), keyed by the checkpoint's bytes and the data; a stale or unreadable
+cache is refitted, never used.
+"""
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from src.dataset import iterate_batches
+from src.model import ConvVAE
+from src.utils import atomic_write
+
+GMM_COMPONENTS = 10          # as the RAE paper and pythae
+GMM_COVARIANCE = "full"
+SAMPLERS = ("prior", "gmm")
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (a checkpoint's identity: retraining into the same path changes it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def encode(model: ConvVAE, images: np.ndarray, batch_size: int, device: torch.device,
+           desc: str = "encoding") -> tuple[np.ndarray, np.ndarray]:
+    """(mu, logvar) of every image, float32 on the CPU, in order."""
+    model.eval()
+    mus, logvars = [], []
+    batches = iterate_batches(images, batch_size, device)
+    for x in tqdm(batches, total=math.ceil(len(images) / batch_size), desc=desc, leave=False):
+        mu, logvar = model.encode(x)
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    return torch.cat(mus).numpy(), torch.cat(logvars).numpy()
+
+
+def cached_arrays(path: Path, key: dict, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """compute()'s arrays, read from the .npz `path` when it was written for the same `key`.
+
+    The key (JSON) is stored inside the file; a file of another key, or one that cannot be read
+    (truncated, foreign), is recomputed and replaced. Loaded with allow_pickle=False: no code runs.
+    """
+    key_text = json.dumps(key, sort_keys=True)
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {name: f[name] for name in f.files}
+            if str(arrays.pop("key")) == key_text and all(np.isfinite(a).all() for a in arrays.values()
+                                                          if a.dtype.kind == "f"):
+                return arrays
+            print(f"{path.name} was made for another checkpoint or data: recomputing")
+        except Exception as e:  # any unreadable file is recomputed, whatever the reason
+            print(f"{path.name} is unreadable ({type(e).__name__}): recomputing")
+    arrays = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: np.savez(f, key=np.array(key_text), **arrays))
+    return arrays
+
+
+# --------------------------------------------------------------------------- Gaussian mixture sampler
+
+def fit_gmm(codes: np.ndarray, components: int = GMM_COMPONENTS, covariance: str = GMM_COVARIANCE,
+            seed: int = 0) -> dict[str, np.ndarray]:
+    """A Gaussian mixture (scikit-learn) fitted to codes (N, D): weights, means and covariances (full)."""
+    from sklearn.mixture import GaussianMixture
+    gmm = GaussianMixture(n_components=min(components, len(codes)), covariance_type=covariance,
+                          random_state=seed, reg_covar=1e-6).fit(np.asarray(codes, dtype=np.float64))
+    covariances = {"full": lambda c: c, "diag": lambda c: np.stack([np.diag(v) for v in c]),
+                   "spherical": lambda c: np.stack([v * np.eye(codes.shape[1]) for v in c]),
+                   "tied": lambda c: np.repeat(c[None], len(gmm.weights_), axis=0)}[covariance](gmm.covariances_)
+    return {"weights": gmm.weights_, "means": gmm.means_, "covariances": covariances}
+
+
+def sample_gmm(gmm: dict[str, np.ndarray], n: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
+    """n codes (float32) from the mixture: a component by its weight, then mean + T L eps (L L^T = covariance).
+
+    A seeded NumPy generator: the same seed gives the same codes on every machine and device.
+    """
+    rng = np.random.default_rng(seed)
+    weights = gmm["weights"] / gmm["weights"].sum()
+    component = rng.choice(len(weights), size=n, p=weights)
+    chol = np.linalg.cholesky(gmm["covariances"])
+    eps = rng.standard_normal((n, gmm["means"].shape[1])) * temperature
+    z = gmm["means"][component] + np.einsum("nij,nj->ni", chol[component], eps)
+    return torch.from_numpy(z).float()
+
+
+def prior_codes(n: int, latent_dim: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
+    """n codes from N(0, temperature^2 I), drawn on the CPU from a seeded generator (device-independent)."""
+    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed)) * temperature
+
+
+def training_gmm(model: ConvVAE, checkpoint: str | Path, train_images: np.ndarray, data_id: str,
+                 cache_dir: str | Path, batch_size: int, device: torch.device,
+                 components: int = GMM_COMPONENTS, covariance: str = GMM_COVARIANCE) -> dict[str, np.ndarray]:
+    """The mixture fitted to the posterior means of the training images, once per checkpoint and data."""
+    key = {"checkpoint": file_digest(checkpoint), "data": data_id, "components": components,
+           "covariance": covariance, "version": 1}
+    path = Path(cache_dir) / f"gmm-{key['checkpoint'][:16]}-{data_id[:12]}-{components}{covariance}.npz"
+
+    def fit() -> dict[str, np.ndarray]:
+        mu, _ = encode(model, train_images, batch_size, device, desc="encoding train for the GMM")
+        print(f"fitting a {components}-component {covariance}-covariance Gaussian mixture to "
+              f"{len(mu)} posterior means ...")
+        return fit_gmm(mu, components, covariance)
+
+    return cached_arrays(path, key, fit)
+
+
+def latent_codes(sampler: str, n: int, latent_dim: int, seed: int, gmm: dict | None = None,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """n codes from the prior N(0, T^2 I) or from the fitted mixture (each component's spread scaled by T)."""
+    if sampler == "gmm":
+        return sample_gmm(gmm, n, seed, temperature)
+    return prior_codes(n, latent_dim, seed, temperature)
