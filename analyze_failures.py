@@ -18,51 +18,22 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from src.config import argument_parser
 from src.dataset import load_split
 from src.errors import UserError, run_cli
 from src.fid import recon_batches
 from src.metrics import per_image_stats
+from src.attributes import binarize
 from src.checkpoint import load_trained
-from src.utils import ensure_writable_dir
+from src.utils import ensure_writable_dir, font
 
-MAX_CATEGORIES = 12    # integer attributes with at most this many values get one indicator per value
 CELL = 128             # displayed image side in the galleries (pixels, upscaled with NEAREST)
 PAIRS_PER_ROW = 4
 
 
 # --------------------------------------------------------------------------- attribute lift
-
-def binarize(attributes: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """0/1 indicator columns (NaN where unknown) and their names.
-
-    Binary attributes (values in {0, 1}) stay as they are; integer attributes with at most
-    MAX_CATEGORIES values become one indicator per value ('hair_style=2'); any other numeric
-    attribute becomes 'name>median' (median of its known values). Columns with no known value are dropped.
-    """
-    columns, out_names = [], []
-    for j, name in enumerate(names):
-        col = attributes[:, j].astype(np.float64)
-        known = ~np.isnan(col)
-        values = np.unique(col[known])
-        if len(values) == 0:
-            continue
-        if set(values.tolist()) <= {0.0, 1.0}:
-            columns.append(col)
-            out_names.append(name)
-        elif np.all(values == np.round(values)) and len(values) <= MAX_CATEGORIES:
-            for v in values:
-                columns.append(np.where(known, (col == v).astype(np.float64), np.nan))
-                out_names.append(f"{name}={int(v)}")
-        else:
-            median = np.median(col[known])
-            columns.append(np.where(known, (col > median).astype(np.float64), np.nan))
-            out_names.append(f"{name}>median")
-    matrix = np.stack(columns, axis=1) if columns else np.empty((len(attributes), 0))
-    return matrix, out_names
-
 
 def attribute_lift(errors: np.ndarray, attributes: np.ndarray, names: Sequence[str],
                    worst_fraction: float = 0.05) -> list[dict]:
@@ -108,13 +79,6 @@ def reconstruct(model, images: np.ndarray, batch_size: int, device: torch.device
     return torch.cat(list(recon_batches(model, images, batch_size, device))).cpu().numpy()
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)  # scalable font on Pillow >= 10.1
-    except TypeError:
-        return ImageFont.load_default()
-
-
 def _short(name: str, width: int = 26) -> str:
     name = Path(name).name
     return name if len(name) <= width else "…" + name[-(width - 1):]
@@ -124,7 +88,7 @@ def draw_gallery(originals: np.ndarray, recons: np.ndarray, labels: list[tuple[s
                  path: Path) -> Path:
     """Pairs (original | reconstruction) upscaled to CELL px, PAIRS_PER_ROW a row, two label lines each."""
     n = len(originals)
-    small, big, pad, gap = _font(14), _font(17), 16, 4
+    small, big, pad, gap = font(14), font(17), 16, 4
     label_h, title_h = 40, 56
     pair_w, pair_h = 2 * CELL + gap, CELL + label_h
     cols = min(PAIRS_PER_ROW, n)

@@ -1,14 +1,20 @@
-"""Plot training curves from results/history.json into results/training_curves.png.
+"""Plot training curves from results/history.json into results/training_curves.png, or summarise a sweep.
 
     python plot_metrics.py                       # uses paths.results_dir of config/config.json
     python plot_metrics.py --history other/history.json --out curves.png
+    python plot_metrics.py --sweep results/sweep # every metrics.json below it -> table + beta_sweep.png
 
-Works while training is still running: it plots the epochs finished so far.
+Works while training is still running: it plots the epochs finished so far. With --sweep it groups
+the evaluate.py results of many runs by (train.recon_loss, train.beta), prints and writes a table of
+mean +- std over the runs (seeds) of each group, and plots MIG and reconstruction error against beta.
 """
 
 import json
+import math
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 import matplotlib
 
@@ -20,6 +26,8 @@ from src.errors import UserError, run_cli
 
 PANELS = [("total", "total loss (recon + β·KL)"), ("recon", "reconstruction (SSE per image)"),
           ("kl", "KL divergence (nats)")]
+GAUSSIAN_PANELS = [("total", "total loss (NLL + β·KL, nats)"), ("recon", "reconstruction (Gaussian NLL, nats)"),
+                   ("kl", "KL divergence (nats)")]
 
 
 def read_history(path: Path) -> list[dict]:
@@ -38,7 +46,8 @@ def read_history(path: Path) -> list[dict]:
 def plot_history(history: list[dict], out: Path) -> Path:
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
-    for ax, (key, title) in zip(axes.flat, PANELS):
+    panels = PANELS if "val_bpd" not in history[0] else GAUSSIAN_PANELS  # a calibrated decoder: nats
+    for ax, (key, title) in zip(axes.flat, panels):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
         ax.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="val")
         ax.set(title=title, xlabel="epoch", ylabel=key)
@@ -60,11 +69,90 @@ def plot_history(history: list[dict], out: Path) -> Path:
     return out
 
 
+# (key, column title, value read from a metrics.json)
+SWEEP_COLUMNS = [
+    ("recon", "recon (SSE)", lambda m: m["z_sampled"]["recon"]),
+    ("kl", "KL", lambda m: m["z_sampled"]["kl"]),
+    ("active", "active units", lambda m: m["latent"]["active_units"]),
+    ("mig", "MIG", lambda m: m["disentanglement"]["mig"]),
+    ("dci_d", "DCI-D", lambda m: m["disentanglement"]["dci_disentanglement"]),
+    ("sap", "SAP", lambda m: m["disentanglement"]["sap"]),
+    ("fid", "prior FID", lambda m: m["generative"]["prior_vs_test"]["fid"] if m.get("generative") else math.nan),
+]
+
+
+def read_sweep(directory: Path) -> dict[tuple[str, float], list[dict]]:
+    """Every metrics.json below `directory`, grouped by (recon_loss, beta)."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for path in sorted(directory.rglob("metrics.json")):
+        metrics = json.loads(path.read_text())
+        if "disentanglement" not in metrics or "mig" not in (metrics["disentanglement"] or {}):
+            raise UserError(f"{path} has no MIG/DCI/SAP: evaluate runs on data with factor labels (synthetic faces)")
+        groups.setdefault((metrics.get("recon_loss", "mse_sum"), metrics["beta"]), []).append(metrics)
+    if not groups:
+        raise UserError(f"no metrics.json under '{directory}'; run evaluate.py with paths.results_dir in it first")
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0] != "mse_sum", kv[0][1])))
+
+
+def sweep_summary(groups: dict[tuple[str, float], list[dict]]) -> dict[tuple[str, float], dict]:
+    """Per group: {column key: (mean, std over the runs, ddof=1; 0 for a single run)} and the run count."""
+    summary = {}
+    for group, runs in groups.items():
+        values = {key: np.array([read(m) for m in runs], dtype=float) for key, _, read in SWEEP_COLUMNS}
+        summary[group] = {key: (v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0) for key, v in values.items()}
+        summary[group]["runs"] = len(runs)
+    return summary
+
+
+def sweep_table(summary: dict) -> str:
+    """A Markdown table: one row per (recon_loss, beta), mean +- std over seeds."""
+    lines = ["| recon_loss | beta | runs | " + " | ".join(title for _, title, _ in SWEEP_COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(SWEEP_COLUMNS)]
+    for (loss, beta), row in summary.items():
+        cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" if k in ("mig", "dci_d", "sap") else
+                 f"{row[k][0]:.1f} ± {row[k][1]:.1f}" for k, _, _ in SWEEP_COLUMNS]
+        lines.append(f"| {loss} | {beta:g} | {row['runs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_sweep(summary: dict, out: Path) -> Path:
+    """MIG and reconstruction error against beta (log scale), mean +- std over seeds."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for loss, marker in (("mse_sum", "o-"), ("gaussian", "s")):
+        groups = [(beta, row) for (l, beta), row in summary.items() if l == loss]
+        if not groups:
+            continue
+        betas = [beta for beta, _ in groups]
+        for ax, key in zip(axes, ("mig", "recon")):
+            ax.errorbar(betas, [row[key][0] for _, row in groups], yerr=[row[key][1] for _, row in groups],
+                        fmt=marker, capsize=4, label=f"recon_loss={loss}")
+    for ax, title in zip(axes, ("MIG (higher: more disentangled)", "reconstruction error (SSE per image)")):
+        ax.set(xscale="log", xlabel="beta (KL weight)", title=title)
+        ax.axvline(1.2, color="gray", ls=":", lw=1)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--history", default=None, help="history.json (default: in paths.results_dir)")
-    parser.add_argument("--out", default=None, help="PNG to write (default: training_curves.png beside it)")
+    parser.add_argument("--out", default=None, help="PNG to write (default: training_curves.png beside it, or "
+                        "beta_sweep.png in the --sweep directory)")
+    parser.add_argument("--sweep", default=None, metavar="DIR", help="summarise the evaluate.py runs below DIR")
     args = parser.parse_args(argv)
+    if args.sweep:
+        directory = Path(args.sweep)
+        summary = sweep_summary(read_sweep(directory))
+        table = sweep_table(summary)
+        (directory / "beta_sweep.md").write_text(table + "\n")
+        out = plot_sweep(summary, Path(args.out) if args.out else directory / "beta_sweep.png")
+        print(table)
+        print(f"wrote {directory / 'beta_sweep.md'} and {out}")
+        return
     results_dir = Path(load_config(args.config, args.overrides).paths.results_dir)
     history_path = Path(args.history) if args.history else results_dir / "history.json"
     out = Path(args.out) if args.out else history_path.parent / "training_curves.png"

@@ -11,6 +11,8 @@ types and impossible values raise ConfigError with a one-line message naming the
 import argparse
 import copy
 import json
+import re
+import sys
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -37,6 +39,7 @@ class DataConfig:
     synthetic_train: int = 8000          # synthetic faces per split
     synthetic_val: int = 500
     synthetic_test: int = 500
+    synthetic_seed: int = 42             # the faces drawn (apart from train.seed: other seeds, same faces)
 
 
 @dataclass
@@ -157,6 +160,7 @@ def validate(cfg: Config) -> None:
         (d.num_workers >= 0, "data.num_workers", "0 or more"),
         (min(d.synthetic_train, d.synthetic_val, d.synthetic_test) >= 1,
          "data.synthetic_*", "at least 1 image per split"),
+        (d.synthetic_seed >= 0, "data.synthetic_seed", "0 or more"),
         (m.latent_dim >= 1, "model.latent_dim", "at least 1"),
         (len(m.hidden_dims) >= 1 and min(m.hidden_dims) >= 1, "model.hidden_dims",
          "a non-empty list of positive channel counts"),
@@ -215,9 +219,17 @@ def config_from_dict(raw: dict) -> Config:
     return cfg
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_]+\.[A-Za-z_]+=")  # section.key=value
+
+
 class _ArgumentParser(argparse.ArgumentParser):
-    def parse_args(self, args=None, namespace=None):  # options may stand between the overrides
-        return self.parse_intermixed_args(args, namespace)
+    def parse_args(self, args=None, namespace=None):
+        """Options may stand between the overrides, and an override may follow a many-valued option
+        (--edit Smiling data.root=...): overrides are recognised by their form and passed after '--'."""
+        args = list(sys.argv[1:] if args is None else args)
+        overrides = [a for a in args if OVERRIDE.match(a)]
+        rest = [a for a in args if not OVERRIDE.match(a)]
+        return self.parse_intermixed_args(rest + (["--", *overrides] if overrides else []), namespace)
 
 
 def argument_parser(description: str, checkpoint: bool = False) -> argparse.ArgumentParser:

@@ -415,10 +415,10 @@ def _sources(cfg: Config, split: str, root: Path) -> tuple[dict, list[str], dict
         counts = [d.synthetic_train, d.synthetic_val, d.synthetic_test]
         start, n = sum(counts[:SPLITS[split]]), counts[SPLITS[split]]
         names = [f"synthetic_{i:06d}" for i in range(start, start + n)]
-        identity = f"seed{cfg.train.seed}-n{'-'.join(map(str, counts))}"
-        fingerprint = {"seed": cfg.train.seed, "counts": counts}
+        identity = f"seed{d.synthetic_seed}-n{'-'.join(map(str, counts))}"
+        fingerprint = {"seed": d.synthetic_seed, "counts": counts}
         chunk = 250
-        jobs = [(s, min(chunk, start + n - s), cfg.train.seed, d.image_size) for s in range(start, start + n, chunk)]
+        jobs = [(s, min(chunk, start + n - s), d.synthetic_seed, d.image_size) for s in range(start, start + n, chunk)]
         worker = _generate_chunk
         attribute_names = list(FACTOR_NAMES)
     else:

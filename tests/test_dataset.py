@@ -260,7 +260,7 @@ def test_local_rank_zero_builds_first_on_every_node(monkeypatch):
 
 def test_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path)
-    stale = tmp_path / "cache" / f"synthetic-train-16px-crop148-seed0-n48-16-16.tmp99999.npy"
+    stale = tmp_path / "cache" / "synthetic-train-16px-crop148-seed42-n48-16-16.tmp99999.npy"
     stale.parent.mkdir()
     stale.write_bytes(b"left by a killed build")
 

@@ -10,6 +10,7 @@ from src import fid
 from src.errors import run_cli
 from src.model import vae_loss
 from src.checkpoint import load_checkpoint, model_from_checkpoint
+from tests.conftest import face_like_image, make_celeba
 
 
 def run(trained, tmp_path, *args):
@@ -81,3 +82,34 @@ def test_metrics_json_is_replaced_atomically(trained, tmp_path):
     run(trained, tmp_path)
     assert (tmp_path / "metrics.json").stat().st_ino != first
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_disentanglement_of_synthetic_factors_is_reported(trained, tmp_path, capsys):
+    d = run(trained, tmp_path)["disentanglement"]
+    for key in ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap"):
+        assert 0 <= d[key] <= 1, key
+    assert d["num_test"] == 16 and set(d["per_factor"]) == {"skin_tone", "hair_colour", "hair_style", "face_width",
+                                                             "eye_spacing", "smile", "glasses", "hat", "background"}
+    out = capsys.readouterr().out
+    assert "MIG" in out and "DCI" in out and "SAP" in out
+
+
+def test_celeba_attributes_get_probes_and_a_proxy_mig(trained, tmp_path, capsys):
+    make_celeba(tmp_path / "celeba", counts=(60, 8, 8), attributes_for=50)  # labels for part of train only
+    d = run(trained, tmp_path, "data.dataset=celeba", f"data.root={tmp_path / 'celeba'}",
+            f"data.cache_dir={tmp_path / 'cache'}")["disentanglement"]
+    assert "held-out tenth" in d["probe_evaluated_on"] and "only a proxy" in d["note"]
+    assert 0 <= d["mig_proxy"] <= 1 and set(d["probe_auc"]["auc"]) | set(d["probe_auc"]["skipped"]) == {
+        "Eyeglasses", "Smiling", "Wearing_Hat"}
+    assert "a proxy only" in capsys.readouterr().out
+
+
+def test_a_split_without_labels_skips_disentanglement_saying_why(trained, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(60):
+        face_like_image(i, 30, 30).save(photos / f"{i}.png")
+    d = run(trained, tmp_path, "data.dataset=folder", f"data.root={photos}", "data.center_crop=0",
+            f"data.cache_dir={tmp_path / 'cache'}")["disentanglement"]
+    assert d == {"skipped": "folder data has no factor or attribute labels"}
+    assert "disentanglement: skipped (folder data has no factor or attribute labels)" in capsys.readouterr().out

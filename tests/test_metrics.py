@@ -69,7 +69,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_halves_are_far_below_noise(feature
 def test_kid_reports_mean_and_std_and_repeats(features):
     faces, noise = features["faces"], features["noise"]
     halves = fid_module.kid(faces[:25], faces[25:])
-    assert halves["kid_subset_size"] == 15 and halves["kid_subsets"] == fid_module.KID_SUBSETS
+    assert halves["kid_subset_size"] == 7 and halves["kid_subsets"] == fid_module.KID_SUBSETS  # half of 15
     assert halves["kid_std"] > 0  # subsets of 15 out of 25 differ
     assert fid_module.kid(faces[:25], faces[25:]) == halves  # seeded subsets
     assert fid_module.kid(faces[:20], noise)["kid_mean"] > 10 * abs(halves["kid_mean"])
@@ -113,7 +113,7 @@ def test_evaluate_writes_fid_kid_ssim_collapse_and_caches_references(trained, tm
     assert gen["num_samples"] == 10 and gen["num_real"] == {"test": 10, "train": 10}
     assert gen["samplers"] == ["prior", "gmm"]
     for key in ("prior_vs_test", "prior_vs_train", "gmm_vs_test", "gmm_vs_train"):
-        assert gen[key]["fid"] > 0 and gen[key]["kid_subset_size"] == 10 and "kid_std" in gen[key]
+        assert gen[key]["fid"] > 0 and gen[key]["kid_subset_size"] == 5 and gen[key]["kid_std"] > 0
     assert gen["prior_vs_test"]["fid"] != gen["gmm_vs_test"]["fid"]
     assert gen["recon_vs_test"]["fid"] > 0 and gen["train_vs_test"]["fid"] > 0
     assert (tmp_path / "kl_per_dim.png").stat().st_size > 0
@@ -199,7 +199,7 @@ def test_features_equal_the_reference_extraction_of_fid_helper(extractor, tmp_pa
     assert ((ours - expected).norm(dim=1) / expected.norm(dim=1)).max() < 1e-3
 
 
-@pytest.mark.parametrize("device, expected", [("cuda", 10000), ("cpu", 500)])
+@pytest.mark.parametrize("device, expected", [("cuda", 10000), ("cpu", 400)])
 def test_the_default_sample_count_depends_on_the_device_and_says_why(device, expected):
     n, why = fid_module.default_sample_count(torch.device(device))
     assert n == expected and (device == "cuda" or "--fid-samples 10000" in why)

@@ -30,3 +30,32 @@ def test_no_history_is_said_clearly(tmp_path, capsys, content, message):
         run_cli(plot_metrics.main, [f"paths.results_dir={tmp_path}"])
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def fake_metrics(beta: float, seed: int, mig: float, loss: str = "mse_sum") -> dict:
+    return {"beta": beta, "recon_loss": loss, "seed": 0, "z_sampled": {"recon": 100 / beta + seed, "kl": 10 * beta},
+            "latent": {"active_units": 20}, "generative": {"prior_vs_test": {"fid": 150.0 + seed}},
+            "disentanglement": {"mig": mig, "dci_disentanglement": 0.3, "sap": 0.05}}
+
+
+def test_a_sweep_is_summarised_by_beta_with_mean_and_spread(tmp_path, capsys):
+    runs = [(1.0, 1, 0.10), (1.0, 2, 0.20), (4.0, 1, 0.30), (4.0, 2, 0.30)]
+    for beta, seed, mig in runs:
+        (tmp_path / f"b{beta}-s{seed}").mkdir()
+        (tmp_path / f"b{beta}-s{seed}" / "metrics.json").write_text(json.dumps(fake_metrics(beta, seed, mig)))
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "metrics.json").write_text(json.dumps(fake_metrics(1.0, 1, 0.4, "gaussian")))
+    plot_metrics.main(["--sweep", str(tmp_path)])
+    table = (tmp_path / "beta_sweep.md").read_text().splitlines()
+    assert table[2].startswith("| mse_sum | 1 | 2 | 101.5 ± 0.7 | 10.0 ± 0.0 | 20.0 ± 0.0 | 0.150 ± 0.071")
+    assert table[3].startswith("| mse_sum | 4 | 2 |") and table[4].startswith("| gaussian | 1 | 1 |")
+    assert Image.open(tmp_path / "beta_sweep.png").size[0] > 1000
+    assert "| MIG |" in capsys.readouterr().out
+
+
+def test_a_sweep_needs_disentanglement_metrics(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps({"beta": 1.0, "disentanglement": {"skipped": "x"}}))
+    with pytest.raises(SystemExit):
+        run_cli(plot_metrics.main, ["--sweep", str(tmp_path)])
+    assert "has no MIG/DCI/SAP" in capsys.readouterr().err

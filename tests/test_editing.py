@@ -1,0 +1,163 @@
+"""Steering the latent space: attribute directions, edits and their judge, traversals."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import inference
+from src.attributes import binarize, mean_difference, resolve
+from src.errors import UserError, run_cli
+from src.attributes import held_out_mask
+from src.judge import Judge, edit_success, trained_judge
+from src.latent import dims_by_kl, edited_codes, traversal_codes
+from tests.conftest import make_celeba, tiny_config
+
+
+def test_directions_are_mean_differences_and_ignore_unknown_labels():
+    codes = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0], [100.0, 100.0]])
+    labels = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [np.nan, np.nan]])  # the last image is unlabelled
+    directions, counts = mean_difference(codes, labels)
+    np.testing.assert_allclose(directions[0], [2.0 - 0.0, 0.0 - 3.0])  # mean(with) - mean(without)
+    np.testing.assert_allclose(directions[1], -directions[0])
+    assert counts.tolist() == [[2, 2], [2, 2]]
+    only_with, _ = mean_difference(codes, np.array([[1.0], [1.0], [np.nan], [np.nan], [np.nan]]))
+    assert np.isnan(only_with).all()  # nobody without it: no direction
+
+
+def test_categorical_and_continuous_factors_become_indicators():
+    factors = np.array([[0, 0.1, 1], [2, 0.9, 0], [1, 0.5, np.nan], [2, 0.2, 1]])
+    matrix, names = binarize(factors, ["style", "width", "hat"])
+    assert names == ["style=0", "style=1", "style=2", "width>median", "hat"]
+    np.testing.assert_array_equal(matrix[:, 2], [0, 1, 0, 1])
+    np.testing.assert_array_equal(matrix[:, 3], [0, 1, 1, 0])  # median 0.35
+    assert np.isnan(matrix[2, 4])
+    held_out, same_names = binarize(np.array([[2, 0.3, 0]]), ["style", "width", "hat"], reference=factors)
+    assert same_names == names and held_out.tolist() == [[0, 0, 1, 0, 0]]  # train's categories and median
+
+
+def test_an_unknown_attribute_lists_the_names_and_suggests_the_closest():
+    with pytest.raises(UserError, match=r"unknown attribute 'Eyeglass'; did you mean 'Eyeglasses'\? "
+                                        r"available: Eyeglasses, Smiling"):
+        resolve(["Eyeglass"], ["Eyeglasses", "Smiling"])
+
+
+def test_edit_and_traversal_codes():
+    mu, direction = torch.zeros(2, 3), torch.tensor([1.0, 0.0, -1.0])
+    codes = edited_codes(mu, direction, torch.tensor([-1.0, 0.0, 2.0]))
+    assert codes.shape == (2, 3, 3) and codes[1, 2].tolist() == [2.0, 0.0, -2.0] and codes[0, 1].abs().sum() == 0
+    start = torch.tensor([0.5, 0.5, 0.5])
+    grid = traversal_codes(start, [2, 0], torch.tensor([-3.0, 3.0]))
+    assert grid.shape == (2, 2, 3) and grid[0, 1].tolist() == [0.5, 0.5, 3.0] and grid[1, 0].tolist() == [-3.0, 0.5, 0.5]
+
+
+def test_traversal_dimensions_are_ordered_by_mean_kl():
+    mu = np.zeros((4, 3))
+    mu[:, 1] = [2, -2, 2, -2]     # KL 2 on average
+    mu[:, 2] = [1, -1, 1, -1]     # KL 0.5
+    dims = dims_by_kl(mu, np.zeros((4, 3)), k=2)
+    assert [d for d, _ in dims] == [1, 2] and dims[0][1] == pytest.approx(2.0)
+
+
+class Brightness(nn.Module):
+    """A toy VAE whose decoded image is uniformly z[0] bright (and a judge reading brightness)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc_mu = nn.Linear(1, 1)
+
+    def decode(self, z):
+        return z[:, :1, None, None].expand(len(z), 3, 4, 4).clamp(0, 1)
+
+
+class BrightnessJudge(Judge):
+    def __init__(self):
+        super().__init__(1)
+
+    def forward(self, x):
+        return (x.mean(dim=(1, 2, 3)) - 0.5)[:, None] * 20  # "has it" = brighter than 0.5
+
+
+def test_edit_success_on_a_case_with_a_known_answer():
+    codes = torch.tensor([[0.2, 0.0], [0.3, 0.0], [0.8, 0.0], [0.9, 0.0]])
+    labels = np.array([0.0, 0.0, 1.0, np.nan])  # dark images lack it, bright ones have it; one unknown
+    right = edit_success(Brightness(), BrightnessJudge(), 0, codes, labels, torch.tensor([0.5, 0.0]))
+    assert right["success"] == 1.0 and right["images"] == 3 and right["baseline"] == 0.0
+    wrong = edit_success(Brightness(), BrightnessJudge(), 0, codes, labels, torch.tensor([0.0, 5.0]))
+    assert wrong["success"] == 0.0  # moving another dimension changes nothing the judge sees
+
+
+def test_the_judge_is_trained_once_per_data_and_attributes(tmp_path, monkeypatch, capsys):
+    from src import judge as judge_module
+    monkeypatch.setattr(judge_module, "JUDGE_EPOCHS", 1)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 3, 16, 16), dtype=np.uint8)
+    labels = (images.mean(axis=(1, 2, 3)) > 127).astype(float)[:, None]
+    first = trained_judge(images, labels, ["bright"], "data-a", tmp_path, torch.device("cpu"))
+    monkeypatch.setattr(judge_module, "fit_judge", lambda *a, **k: pytest.fail("retrained a cached judge"))
+    again = trained_judge(images, labels, ["bright"], "data-a", tmp_path, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    monkeypatch.undo()
+    monkeypatch.setattr(judge_module, "JUDGE_EPOCHS", 1)
+    trained_judge(images, labels, ["bright"], "data-b", tmp_path, torch.device("cpu"))  # other data: its own
+    assert len(list(tmp_path.glob("judge-*.pt"))) == 2
+    assert held_out_mask(labels).sum() == 4  # every tenth labelled image is kept out of training
+
+
+def run(trained, tmp_path, *args):
+    inference.main(["--checkpoint", str(trained["checkpoint"]), f"paths.results_dir={tmp_path}", *args])
+    return tmp_path / "inference_test_set"
+
+
+def test_edits_png_gif_and_json(trained, tmp_path, monkeypatch, capsys):
+    from src import judge as judge_module
+    monkeypatch.setattr(judge_module, "JUDGE_EPOCHS", 1)
+    out = run(trained, tmp_path, "--edit", "glasses", "hat", "--edit-rows", "3", "--edit-steps", "5")
+    with Image.open(out / "edits.png") as png:
+        width, height = png.size
+    cell = 16 * 6  # 16-px images upscaled to at least 96 px
+    assert width >= 7 * cell and height >= 2 * 3 * cell  # 2 + 5 columns; 2 blocks of 3 rows
+    with Image.open(out / "edits.gif") as gif:
+        assert gif.n_frames == 2 * 5 - 2
+    report = json.loads((out / "edits.json").read_text())
+    assert set(report["attributes"]) == {"glasses", "hat"} and "test split" in report["held_out"]
+    for r in report["attributes"].values():
+        assert 0 <= r["success"] <= 1 and 0 <= r["judge_accuracy"] <= 1 and r["images"] == 16
+    printed = capsys.readouterr().out
+    assert "judge acc" in printed and "glasses" in printed
+
+
+def test_traversals_and_edits_of_one_own_image(trained, tmp_path, capsys):
+    Image.new("RGB", (40, 50), (200, 120, 90)).save(tmp_path / "me.png")
+    out = run(trained, tmp_path, "--images", str(tmp_path / "me.png"), "--traverse", "--dims", "3")
+    assert "no morph (it needs two)" in capsys.readouterr().out
+    assert {"traversals.png", "traversals.gif", "samples.png"} <= {p.name for p in out.iterdir()}
+    with Image.open(out / "traversals.gif") as gif:
+        assert gif.n_frames == 2 * 7 - 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--edit", "glases"], "unknown attribute 'glases'; did you mean 'glasses'?"),
+    (["--edit", "hat", "--edit-steps", "4"], "--edit-steps must be odd"),
+])
+def test_bad_edit_arguments_are_one_line(trained, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit):
+        run_cli(inference.main, ["--checkpoint", str(trained["checkpoint"]), f"paths.results_dir={tmp_path}", *args])
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_data_without_labels_says_so(trained, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(40):
+        Image.new("RGB", (20, 20), (i * 6, 100, 50)).save(photos / f"{i}.png")
+    with pytest.raises(SystemExit):
+        run_cli(inference.main, ["--checkpoint", str(trained["checkpoint"]), f"paths.results_dir={tmp_path}",
+                                 "--edit", "hat", "data.dataset=folder", f"data.root={photos}", "data.center_crop=0",
+                                 f"data.cache_dir={tmp_path / 'cache'}"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
+    assert len(lines) == 1 and "has no attribute labels" in lines[0]
