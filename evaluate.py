@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from src.attributes import held_out_mask, indicators
+from src.attributes import held_out, indicators
 from src.checkpoint import load_trained
 from src.config import Config, argument_parser
 from src.dataset import ImageSplit, load_split
@@ -91,14 +91,10 @@ def disentanglement(cfg: Config, split_name: str, split: ImageSplit, train: Imag
         return {"kind": "ground-truth factors", **disentanglement_scores(
             train_mu[:n], train.attributes[:n], split_mu, split.attributes, factor_names=train.attribute_names)}
     labels, names = indicators(train)
-    if split.attributes is not None and not np.isnan(split.attributes).all():
-        fit, (eval_mu, eval_labels) = np.arange(len(train)), (split_mu, indicators(split, reference=train)[0])
-        where = f"the {len(split)} {split_name} images"
-    else:  # the CelebA subset labels part of the train split only: probe on its held-out tenth
-        held = held_out_mask(labels)
-        fit, (eval_mu, eval_labels) = np.flatnonzero(~held), (train_mu[held], labels[held])
-        where = f"the held-out tenth of the labelled training images ({held.sum()}; this split has no labels)"
-    probe = probe_auc(train_mu[fit], labels[fit], eval_mu, eval_labels, names)
+    held = held_out(split_name, split, train)
+    eval_mu = (split_mu if held.on_split else train_mu)[held.rows]
+    probe = probe_auc(train_mu[held.fit_rows], labels[held.fit_rows], eval_mu, held.labels, names)
+    where = held.description
     complete = np.flatnonzero(~np.isnan(labels).any(axis=1))[:n]
     proxy = mig(train_mu[complete], labels[complete], discrete=[True] * len(names)) if len(complete) > 1 else None
     return {"kind": "attributes (partial, not independent factors)", "probe_auc": probe, "probe_evaluated_on": where,

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from src.attributes import attribute_directions, held_out_mask, indicators, resolve
+from src.attributes import attribute_directions, held_out, indicators, resolve
 from src.checkpoint import load_trained
 from src.config import Config, argument_parser
 from src.dataset import ImageSplit, load_split, preprocess
@@ -182,9 +182,11 @@ def judge_edits(args, model, cfg: Config, checkpoint: Path, train: ImageSplit, n
     device = model.fc_mu.weight.device
     labels, all_names = indicators(train)
     judge = trained_judge(train.images, labels, all_names, train.data_id, cfg.data.cache_dir, device)
-    held_out, held_labels, where = _held_out(cfg, args.split, train, labels, all_names)
-    pick = evenly_spaced(len(held_out), min(EDIT_JUDGE_IMAGES, len(held_out)))
-    images, held_labels = np.asarray(held_out[pick]), held_labels[pick]
+    split = load_split(cfg, args.split)
+    held = held_out(args.split, split, train)
+    pick = evenly_spaced(len(held.rows), min(EDIT_JUDGE_IMAGES, len(held.rows)))
+    source = split if held.on_split else train
+    images, held_labels, where = np.asarray(source.images[held.rows[pick]]), held.labels[pick], held.description
     mu = torch.from_numpy(encode(model, images, cfg.train.batch_size, device, desc="encoding held-out images")[0])
     scores = accuracy(judge, images, held_labels, all_names)
     results = {}
@@ -202,21 +204,6 @@ def judge_edits(args, model, cfg: Config, checkpoint: Path, train: ImageSplit, n
         print(f"{name[:23]:24s}{r['judge_accuracy']:>10.3f}{r['judge_balanced_accuracy']:>10.3f}{r['success']:>9.3f}"
               f"{r['success_add']:>7.3f}{r['success_remove']:>8.3f}{r['baseline']:>10.3f}{r['images']:>8d}")
     return path
-
-
-def _held_out(cfg: Config, split_name: str, train: ImageSplit, labels: np.ndarray,
-              names: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
-    """Labelled images neither the judge nor the directions' caller trained on: --split when it has
-    labels (the synthetic test split), else the judge's held-out tenth of the training images."""
-    if split_name != "train":
-        split = load_split(cfg, split_name)
-        if split.attributes is not None:
-            split_labels, split_names = indicators(split, reference=train)  # train's categories and medians
-            if split_names == names and not np.isnan(split_labels).all():
-                return split.images, split_labels, f"the {split_name} split ({len(split)} images)"
-    mask = held_out_mask(labels)
-    return (train.images[np.flatnonzero(mask)], labels[mask],
-            f"the judge's held-out tenth of the training images ({mask.sum()}; the {split_name} split has no labels)")
 
 
 def write_traversals(args, model, images: np.ndarray, batch_size: int, start: torch.Tensor,

@@ -6,6 +6,7 @@ consumer (the failure analysis, latent editing, the edit judge) sees them throug
 """
 
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -71,6 +72,29 @@ def held_out_mask(labels: np.ndarray) -> np.ndarray:
     mask = np.zeros(len(labels), dtype=bool)
     mask[labelled[::HOLD_OUT_EVERY]] = True
     return mask
+
+
+@dataclass
+class HeldOut:
+    """Labelled images kept out of fitting (edit judge, probes): rows of the split, or of the training set."""
+    on_split: bool              # rows index the evaluated split (else the training split)
+    rows: np.ndarray
+    labels: np.ndarray          # their 0/1/NaN indicators, binarised like the training labels
+    fit_rows: np.ndarray        # the training rows that fitting may use
+    description: str
+
+
+def held_out(split_name: str, split: ImageSplit, train: ImageSplit) -> HeldOut:
+    """The evaluated split when it has labels (the synthetic test split); else the held-out tenth of
+    the labelled training images (the CelebA subset labels part of its train split only)."""
+    labels, _ = indicators(train)
+    if split_name != "train" and split.attributes is not None and not np.isnan(split.attributes).all():
+        return HeldOut(True, np.arange(len(split)), indicators(split, reference=train)[0], np.arange(len(train)),
+                       f"the {split_name} split ({len(split)} images)")
+    mask = held_out_mask(labels)
+    return HeldOut(False, np.flatnonzero(mask), labels[mask], np.flatnonzero(~mask),
+                   f"the held-out tenth of the labelled training images ({mask.sum()}; the {split_name} split "
+                   "has no labels)")
 
 
 def resolve(requested: Sequence[str], available: Sequence[str]) -> list[str]:
