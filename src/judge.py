@@ -26,16 +26,16 @@ from src.attributes import held_out_mask
 from src.dataset import iterate_batches
 from src.utils import atomic_write, to_device
 
-JUDGE_EPOCHS = 8
+JUDGE_EPOCHS = 12
 JUDGE_BATCH = 128
 JUDGE_LR = 2e-3
-JUDGE_VERSION = 2            # part of the cache key: bump when the network or its training changes
+JUDGE_VERSION = 3            # part of the cache key: bump when the network or its training changes
 
 
 class Judge(nn.Module):
     """Images in [0, 1] -> one logit per attribute indicator."""
 
-    def __init__(self, outputs: int, widths: tuple[int, ...] = (32, 64, 128, 128)):
+    def __init__(self, outputs: int, widths: tuple[int, ...] = (32, 64, 128, 256)):
         super().__init__()
         layers, channels = [], 3
         for width in widths:
@@ -49,13 +49,13 @@ class Judge(nn.Module):
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips, and for half the batches a Gaussian blur of random width (sigma up to
-    1.5 px at 64 px): decoded faces are blurrier than photos, and the judge must read attributes,
-    not sharpness."""
+    """Random horizontal flips, and for half the batches a Gaussian blur of random width (sigma 0.2 to
+    1 px at 64 px): decoded faces are blurrier than photos, and the judge must read attributes, not
+    sharpness (wider blurs erase thin glasses frames and only teach it to guess)."""
     flip = torch.rand(len(x), generator=generator) < 0.5
     x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
     if torch.rand(1, generator=generator).item() < 0.5:
-        sigma = 0.2 + 1.3 * torch.rand(1, generator=generator).item() * x.shape[-1] / 64
+        sigma = (0.2 + 0.8 * torch.rand(1, generator=generator).item()) * x.shape[-1] / 64
         x = gaussian_blur(x, kernel_size=2 * math.ceil(2 * sigma) + 1, sigma=sigma)
     return x
 
