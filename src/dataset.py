@@ -362,28 +362,43 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _write_rows(task: tuple) -> tuple[int, np.ndarray | None]:
+    """Run one job and write its images straight into the cache file at their offset. Only the count
+    and the (small) labels go back through the pool's pipe: image-sized results can fill it while
+    the pool is terminated on Ctrl-C, leaving a worker blocked mid-write and Pool.terminate() hung.
+    A plain write (not a memory map): a full disk is an OSError here, never a SIGBUS."""
+    worker, job, path, offset = task
+    images, labels = worker(job)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+    return len(images), labels
+
+
 def _build_cache(paths: dict[str, Path], meta: dict, jobs: list, worker, num_workers: int,
                  desc: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Run `worker` over `jobs` (each gives a chunk of images and labels, in order) into a new cache."""
+    """Run `worker` over `jobs` ((first row, job) pairs; each job gives a chunk of images and labels)
+    into a new cache."""
     for stale in paths["images"].parent.glob(paths["images"].stem + ".tmp*.npy"):
         stale.unlink(missing_ok=True)  # left by a killed build (we hold the lock: nobody else is writing)
     shape = tuple(meta["shape"])
     tmp_path = paths["images"].with_suffix(f".tmp{os.getpid()}.npy")
     pool = None
     try:
-        out = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=shape)
+        out = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=shape)  # header + size
+        start, row_bytes = out.offset, out[0].nbytes
+        del out
         _reserve(tmp_path)
+        tasks = [(worker, job, tmp_path, start + row * row_bytes) for row, job in jobs]
         pool = multiprocessing.Pool(num_workers, initializer=_worker_init) if num_workers > 0 else None
-        labels, row = [], 0
+        labels = []
         with tqdm(total=shape[0], desc=desc, unit="img") as bar:
-            for chunk_images, chunk_labels in (pool.imap(worker, jobs) if pool else map(worker, jobs)):
-                out[row:row + len(chunk_images)] = chunk_images
-                row += len(chunk_images)
+            for count, chunk_labels in (pool.imap(_write_rows, tasks) if pool else map(_write_rows, tasks)):
                 if chunk_labels is not None:
                     labels.append(chunk_labels)
-                bar.update(len(chunk_images))
-        out.flush()
-        del out
+                bar.update(count)
+        with open(tmp_path, "r+b") as f:
+            os.fsync(f.fileno())
         meta["checksum"] = _checksum(tmp_path)
         meta["has_labels"] = bool(labels)
         if labels:
@@ -406,8 +421,8 @@ def _build_cache(paths: dict[str, Path], meta: dict, jobs: list, worker, num_wor
 
 def _sources(cfg: Config, split: str, root: Path) -> tuple[dict, list[str], dict, list, object, np.ndarray | None,
                                                             list[str], str]:
-    """What a split is made of: (settings, names, fingerprint, jobs, worker, attributes, attribute names,
-    identity for the cache file name)."""
+    """What a split is made of: (settings, names, fingerprint, jobs as (first row, worker's job), worker,
+    attributes, attribute names, identity for the cache file name)."""
     d = cfg.data
     attributes, attribute_names = None, []
     if d.dataset == "synthetic":
@@ -418,7 +433,8 @@ def _sources(cfg: Config, split: str, root: Path) -> tuple[dict, list[str], dict
         identity = f"seed{d.synthetic_seed}-n{'-'.join(map(str, counts))}"
         fingerprint = {"seed": d.synthetic_seed, "counts": counts}
         chunk = 250
-        jobs = [(s, min(chunk, start + n - s), d.synthetic_seed, d.image_size) for s in range(start, start + n, chunk)]
+        jobs = [(s - start, (s, min(chunk, start + n - s), d.synthetic_seed, d.image_size))
+                for s in range(start, start + n, chunk)]
         worker = _generate_chunk
         attribute_names = list(FACTOR_NAMES)
     else:
@@ -428,7 +444,7 @@ def _sources(cfg: Config, split: str, root: Path) -> tuple[dict, list[str], dict
             source, names, fingerprint = _folder_split(root, split)
         identity = hashlib.md5(str(root).encode(), usedforsecurity=False).hexdigest()[:8]
         chunk = 256
-        jobs = [(source, names[i:i + chunk], d.image_size, d.center_crop) for i in range(0, len(names), chunk)]
+        jobs = [(i, (source, names[i:i + chunk], d.image_size, d.center_crop)) for i in range(0, len(names), chunk)]
         worker = _decode_chunk
     settings = {"version": CACHE_VERSION, "dataset": d.dataset, "split": split,
                 "image_size": d.image_size, "center_crop": d.center_crop}

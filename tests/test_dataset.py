@@ -44,6 +44,21 @@ def test_worker_processes_give_the_same_array(tmp_path):
     np.testing.assert_array_equal(serial.images, parallel.images)
 
 
+def test_decoder_processes_write_rows_and_send_back_only_labels(tmp_path):
+    """Image-sized results through the pool's pipe can hang Pool.terminate() on Ctrl-C (a worker
+    blocked mid-write): workers write their rows into the file and return a count and labels."""
+    path = tmp_path / "cache.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(12, 3, 16, 16))
+    start, row_bytes = out.offset, out[0].nbytes
+    del out
+    count, labels = dataset._write_rows((dataset._generate_chunk, (5, 7, 42, 16), path, start + 5 * row_bytes))
+    images, factors = dataset._generate_chunk((5, 7, 42, 16))
+    cache = np.load(path)
+    assert count == 7 and np.array_equal(labels, factors)
+    np.testing.assert_array_equal(cache[5:], images)
+    assert not cache[:5].any()  # rows before the offset untouched
+
+
 def test_half_resolution_copy_gets_the_same_field_of_view(tmp_path):
     """An 89x109 image is cropped to 74 px, i.e. the same region as 148 px of the 178x218 frame."""
     full = face_like_image(3)
