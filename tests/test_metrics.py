@@ -58,6 +58,31 @@ def test_inception_loads_from_the_wheel_without_importing_it(extractor, features
     torch.testing.assert_close(again, faces[:2], rtol=1e-4, atol=1e-4)  # batch size does not matter
 
 
+def test_inception_runs_in_float32_even_under_autocast_and_without_tf32(extractor, features):
+    """bf16 autocast moved the features by 9-19% (and FID by 6%) in a check; TF32 convolutions on a
+    GPU would move them too. The extractor turns both off for its own forward."""
+    seen = {}
+    real_net = extractor.net
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.update(dtype=x.dtype, autocast=torch.is_autocast_enabled("cpu"),
+                        tf32=torch.backends.cudnn.allow_tf32)
+            return real_net(x)
+
+    images = torch.from_numpy(generate_faces(2, seed=3, image_size=64)[0])
+    extractor.net = Spy()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = extractor(images)
+    finally:
+        extractor.net = real_net
+    assert seen == {"dtype": torch.float32, "autocast": False, "tf32": False}
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, features["faces"][:2], rtol=1e-4, atol=1e-4)
+    assert torch.backends.cudnn.allow_tf32  # the caller's setting is back
+
+
 def test_fid_of_a_set_with_itself_is_zero_and_halves_are_far_below_noise(features):
     faces, noise = features["faces"], features["noise"]
     assert abs(fid_module.fid(faces, faces)) < 0.1
