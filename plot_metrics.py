@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullLocator
 
 from src.config import argument_parser, load_config
 from src.errors import UserError, run_cli
@@ -105,12 +106,14 @@ def sweep_summary(groups: dict[tuple[str, float], list[dict]]) -> dict[tuple[str
 
 
 def sweep_table(summary: dict) -> str:
-    """A Markdown table: one row per (recon_loss, beta), mean +- std over seeds."""
+    """A Markdown table: one row per (recon_loss, beta), mean +- std over seeds (the value, for one run)."""
     lines = ["| recon_loss | beta | runs | " + " | ".join(title for _, title, _ in SWEEP_COLUMNS) + " |",
              "|---|---|---|" + "---|" * len(SWEEP_COLUMNS)]
     for (loss, beta), row in summary.items():
-        cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" if k in ("mig", "dci_d", "sap") else
-                 f"{row[k][0]:.1f} ± {row[k][1]:.1f}" for k, _, _ in SWEEP_COLUMNS]
+        digits = {k: 3 if k in ("mig", "dci_d", "sap") else 1 for k, _, _ in SWEEP_COLUMNS}
+        # One run has no spread to show: its value alone, not a misleading "± 0".
+        cells = [f"{row[k][0]:.{d}f} ± {row[k][1]:.{d}f}" if row["runs"] > 1 else f"{row[k][0]:.{d}f}"
+                 for k, d in digits.items()]
         lines.append(f"| {loss} | {beta:g} | {row['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -126,8 +129,11 @@ def plot_sweep(summary: dict, out: Path) -> Path:
         for ax, key in zip(axes, ("mig", "recon")):
             ax.errorbar(betas, [row[key][0] for _, row in groups], yerr=[row[key][1] for _, row in groups],
                         fmt=marker, capsize=4, label=f"recon_loss={loss}")
+    betas = sorted({beta for _, beta in summary})
     for ax, title in zip(axes, ("MIG (higher: more disentangled)", "reconstruction error (SSE per image)")):
         ax.set(xscale="log", xlabel="beta (KL weight)", title=title)
+        ax.set_xticks(betas, [f"{b:g}" for b in betas], minor=False)  # the swept values, not 10^x
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.axvline(1.2, color="gray", ls=":", lw=1)
         ax.legend()
         ax.grid(alpha=0.3)
