@@ -163,9 +163,11 @@ run_cli(train.main, sys.argv[1:])
 def test_ctrl_c_during_a_cache_build_stops_it_promptly_printing_once(tmp_path):
     tiny_config(tmp_path, data={"synthetic_train": 20000, "num_workers": 2})
     cache = tmp_path / "cache"
+    # Its own process group with Ctrl-C at its default, as a terminal's job: a test run started in the
+    # background (CI) has SIGINT ignored, which a child would inherit (and Python would then respect).
     proc = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, "--config", str(tmp_path / "config.json")],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as a terminal's job
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not list(cache.glob("*.tmp*.npy")):  # the build has started
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
