@@ -129,10 +129,10 @@ def plot_sweep(summary: dict, out: Path) -> Path:
         for ax, key in zip(axes, ("mig", "recon")):
             ax.errorbar(betas, [row[key][0] for _, row in groups], yerr=[row[key][1] for _, row in groups],
                         fmt=marker, capsize=4, label=f"recon_loss={loss}")
-    betas = sorted({beta for _, beta in summary})
+    swept = sorted({beta for _, beta in summary})
     for ax, title in zip(axes, ("MIG (higher: more disentangled)", "reconstruction error (SSE per image)")):
         ax.set(xscale="log", xlabel="beta (KL weight)", title=title)
-        ax.set_xticks(betas, [f"{b:g}" for b in betas], minor=False)  # the swept values, not 10^x
+        ax.set_xticks(swept, [f"{b:g}" for b in swept])  # the swept values, not 10^x
         ax.xaxis.set_minor_locator(NullLocator())
         ax.axvline(1.2, color="gray", ls=":", lw=1)
         ax.legend()
