@@ -93,9 +93,11 @@ DATA_LOCATION_KEYS = ("root", "cache_dir", "num_workers")
 def check_resumable(saved: dict, cfg: Config, world_size: int, path: Path) -> None:
     """Refuse (one line) a resume whose settings would change the model, the data, or the rest of a
     half-finished epoch; changes that cannot affect training (paths, workers, epochs, ...) are fine."""
-    then, now = saved["config"], cfg.to_dict()
+    then, now, default = saved["config"], cfg.to_dict(), Config().to_dict()
     for section, skip in (("model", ()), ("data", DATA_LOCATION_KEYS)):
-        changed = [k for k in now[section] if k not in skip and then[section].get(k) != now[section][k]]
+        # a key the checkpoint predates had its default then (new keys default to the old behaviour)
+        changed = [k for k in now[section]
+                   if k not in skip and then[section].get(k, default[section][k]) != now[section][k]]
         if changed:
             k = changed[0]
             raise CheckpointError(f"{path} was trained with different '{section}' settings ({section}.{k}: "

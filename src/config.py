@@ -36,6 +36,7 @@ class DataConfig:
     cache_dir: str = "data/cache"        # decoded uint8 arrays, one per split
     num_workers: int = 4                 # processes that decode images when a cache is built
     hflip: bool = False                  # random horizontal flips of training images (on the device)
+    align: bool = False                  # folder: find each photo's face and align it like CelebA (src/faces.py)
     synthetic_train: int = 8000          # synthetic faces per split
     synthetic_val: int = 500
     synthetic_test: int = 500
@@ -158,6 +159,9 @@ def validate(cfg: Config) -> None:
         (d.image_size >= 8, "data.image_size", "at least 8"),
         (0 <= d.center_crop <= 178, "data.center_crop", "between 0 and 178 (0 = largest centred square)"),
         (d.num_workers >= 0, "data.num_workers", "0 or more"),
+        (not d.align or d.dataset == "folder", "data.align",
+         "false unless data.dataset is folder (CelebA's images are aligned already; no detector reads the "
+         "synthetic faces)"),
         (min(d.synthetic_train, d.synthetic_val, d.synthetic_test) >= 1,
          "data.synthetic_*", "at least 1 image per split"),
         (d.synthetic_seed >= 0, "data.synthetic_seed", "0 or more"),

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 try:
@@ -60,18 +60,23 @@ class ImageSplit:
 
 # --------------------------------------------------------------------------- preprocessing
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB: transparent pixels white (not their hidden colour), 16-bit grey scaled (not clipped)."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")  # transparent pixels become white, not their hidden colour
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grey: scale, don't clip at 255
+        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+    return img.convert("RGB")       # L, P, CMYK ... all end as 8-bit RGB
+
+
 def preprocess(img: Image.Image, image_size: int, center_crop: int) -> np.ndarray:
     """Centre crop (scaled to the image's size) and antialiased resize; (3, S, S) uint8 RGB.
 
     `center_crop` is in pixels of the 178-px-wide aligned CelebA frame, so a downscaled copy gets
     the same field of view; 0 takes the largest centred square.
     """
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")  # transparent pixels become white, not their hidden colour
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grey: scale, don't clip at 255
-        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
-    img = img.convert("RGB")        # L, P, CMYK ... all end as 8-bit RGB
+    img = to_rgb(img)
     w, h = img.size
     side = min(w, h) if center_crop == 0 else min(w, h, center_crop * w / CELEBA_WIDTH)
     left, top = (w - side) / 2, (h - side) / 2  # fractional: a half-size copy sees the same region
@@ -124,24 +129,35 @@ def _open_image(source: ImageSource, name: str) -> Image.Image:
     return img
 
 
-def _decode_chunk(job: tuple[ImageSource, list[str], int, int]) -> tuple[np.ndarray, None]:
-    source, names, image_size, center_crop = job
-    out = np.empty((len(names), 3, image_size, image_size), dtype=np.uint8)
+def _decode_chunk(job: tuple[ImageSource, list[str], int, int, bool]) -> tuple[np.ndarray, None, np.ndarray]:
+    """(images, no labels, which images were kept): with `align`, an image without a face is left
+    out (its row stays zero and is dropped when the cache is finished)."""
+    source, names, image_size, center_crop, align = job
+    out = np.zeros((len(names), 3, image_size, image_size), dtype=np.uint8)
+    kept = np.ones(len(names), dtype=bool)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # huge images are errors
         for i, name in enumerate(names):
             try:
-                out[i] = preprocess(_open_image(source, name), image_size, center_crop)
+                img = _open_image(source, name)
+                if align:
+                    from src.faces import align as align_face, detect_faces
+                    img = ImageOps.exif_transpose(to_rgb(img))
+                    faces = detect_faces(img)
+                    kept[i] = bool(faces)
+                    img = align_face(img, faces[0]) if faces else None
+                if img is not None:
+                    out[i] = preprocess(img, image_size, center_crop)
             except Exception as e:  # any decoder failure, reported with the file it came from
                 raise DataError(f"cannot read image {source.describe(name)}: {e}; "
                                 "replace or delete that file") from None
-    return out, None
+    return out, None, kept
 
 
-def _generate_chunk(job: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _generate_chunk(job: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, None]:
     from src.synthetic import generate_faces
     start, n, seed, image_size = job
-    return generate_faces(n, seed, image_size, start=start)
+    return *generate_faces(n, seed, image_size, start=start), None
 
 
 # --------------------------------------------------------------------------- CelebA layouts
@@ -289,8 +305,9 @@ def _checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_cache(paths: dict[str, Path], key: str) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """(images, labels) if the cache is complete, current and intact; else None (and why, printed)."""
+def _load_cache(paths: dict[str, Path], key: str) -> tuple[np.ndarray, np.ndarray | None, list[int]] | None:
+    """(images, labels, skipped rows) if the cache is complete, current and intact; else None (and why,
+    printed). Skipped rows: images left out of the cache (no face found when aligning)."""
     if not paths["images"].exists() or not paths["meta"].exists():
         return None
     name = paths["images"].name
@@ -307,7 +324,7 @@ def _load_cache(paths: dict[str, Path], key: str) -> tuple[np.ndarray, np.ndarra
         labels = np.load(paths["labels"], allow_pickle=False) if meta["has_labels"] else None
         if list(images.shape) != meta["shape"] or images.dtype != np.uint8:
             raise ValueError(f"shape {images.shape} != {meta['shape']}")
-        return images, labels
+        return images, labels, meta.get("skipped", [])
     except (ValueError, KeyError, OSError) as e:
         print(f"cache {name} is unreadable ({e}): rebuilding")
         return None
@@ -362,23 +379,36 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _write_rows(task: tuple) -> tuple[int, np.ndarray | None]:
+def _write_rows(task: tuple) -> tuple[int, np.ndarray | None, np.ndarray | None]:
     """Run one job and write its images straight into the cache file at their offset. Only the count
     and the (small) labels go back through the pool's pipe: image-sized results can fill it while
     the pool is terminated on Ctrl-C, leaving a worker blocked mid-write and Pool.terminate() hung.
     A plain write (not a memory map): a full disk is an OSError here, never a SIGBUS."""
     worker, job, path, offset = task
-    images, labels = worker(job)
+    images, labels, kept = worker(job)
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
-    return len(images), labels
+    return len(images), labels, kept
+
+
+def _drop_rows(path: Path, kept: np.ndarray) -> None:
+    """Rewrite the .npy at `path` with only the `kept` rows (in chunks: no full copy in memory)."""
+    old = np.load(path, mmap_mode="r")
+    tmp = path.with_suffix(".kept.npy")
+    new = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(int(kept.sum()), *old.shape[1:]))
+    rows = np.flatnonzero(kept)
+    for start in range(0, len(rows), 4096):
+        new[start:start + 4096] = old[rows[start:start + 4096]]
+    new.flush()
+    del old, new
+    os.replace(tmp, path)
 
 
 def _build_cache(paths: dict[str, Path], meta: dict, jobs: list, worker, num_workers: int,
-                 desc: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Run `worker` over `jobs` ((first row, job) pairs; each job gives a chunk of images and labels)
-    into a new cache."""
+                 desc: str) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+    """Run `worker` over `jobs` ((first row, job) pairs; each job gives a chunk of images, labels and
+    which images to keep) into a new cache."""
     for stale in paths["images"].parent.glob(paths["images"].stem + ".tmp*.npy"):
         stale.unlink(missing_ok=True)  # left by a killed build (we hold the lock: nobody else is writing)
     shape = tuple(meta["shape"])
@@ -391,12 +421,21 @@ def _build_cache(paths: dict[str, Path], meta: dict, jobs: list, worker, num_wor
         _reserve(tmp_path)
         tasks = [(worker, job, tmp_path, start + row * row_bytes) for row, job in jobs]
         pool = multiprocessing.Pool(num_workers, initializer=_worker_init) if num_workers > 0 else None
-        labels = []
+        labels, kept = [], []
         with tqdm(total=shape[0], desc=desc, unit="img") as bar:
-            for count, chunk_labels in (pool.imap(_write_rows, tasks) if pool else map(_write_rows, tasks)):
+            for count, chunk_labels, chunk_kept in (pool.imap(_write_rows, tasks) if pool else map(_write_rows, tasks)):
                 if chunk_labels is not None:
                     labels.append(chunk_labels)
+                kept.append(np.ones(count, dtype=bool) if chunk_kept is None else chunk_kept)
                 bar.update(count)
+        kept = np.concatenate(kept)
+        meta["skipped"] = np.flatnonzero(~kept).tolist()
+        if not kept.any():
+            raise DataError(f"data.align: no face found in any of the {len(kept)} images ({desc}); use photos "
+                            "with clear frontal faces, or data.align=false to use them as they are")
+        if not kept.all():
+            _drop_rows(tmp_path, kept)
+            meta["shape"][0] = int(kept.sum())
         with open(tmp_path, "r+b") as f:
             os.fsync(f.fileno())
         meta["checksum"] = _checksum(tmp_path)
@@ -416,7 +455,7 @@ def _build_cache(paths: dict[str, Path], meta: dict, jobs: list, worker, num_wor
             pool.terminate()
             pool.join()
         tmp_path.unlink(missing_ok=True)
-    return np.load(paths["images"], mmap_mode="r"), (np.concatenate(labels) if labels else None)
+    return np.load(paths["images"], mmap_mode="r"), (np.concatenate(labels) if labels else None), meta["skipped"]
 
 
 def _sources(cfg: Config, split: str, root: Path) -> tuple[dict, list[str], dict, list, object, np.ndarray | None,
@@ -444,10 +483,13 @@ def _sources(cfg: Config, split: str, root: Path) -> tuple[dict, list[str], dict
             source, names, fingerprint = _folder_split(root, split)
         identity = hashlib.md5(str(root).encode(), usedforsecurity=False).hexdigest()[:8]
         chunk = 256
-        jobs = [(i, (source, names[i:i + chunk], d.image_size, d.center_crop)) for i in range(0, len(names), chunk)]
+        jobs = [(i, (source, names[i:i + chunk], d.image_size, d.center_crop, d.align))
+                for i in range(0, len(names), chunk)]
         worker = _decode_chunk
     settings = {"version": CACHE_VERSION, "dataset": d.dataset, "split": split,
                 "image_size": d.image_size, "center_crop": d.center_crop}
+    if d.align:  # only then: the data_id (and cache) of every unaligned data set stays as it was
+        settings["align"] = True
     return settings, names, fingerprint, jobs, worker, attributes, attribute_names, identity
 
 
@@ -461,7 +503,8 @@ def load_split(cfg: Config, split: str) -> ImageSplit:
     # data_id names the images and their preprocessing wherever they live; the cache key adds the root.
     data_id = hashlib.sha256(json.dumps([settings, names, fingerprint], sort_keys=True).encode()).hexdigest()
     key = hashlib.sha256(json.dumps([data_id, str(root)]).encode()).hexdigest()
-    stem = Path(d.cache_dir) / f"{d.dataset}-{split}-{d.image_size}px-crop{d.center_crop}-{identity}"
+    aligned = "-aligned" if d.align else ""
+    stem = Path(d.cache_dir) / f"{d.dataset}-{split}-{d.image_size}px-crop{d.center_crop}{aligned}-{identity}"
     paths = {"images": stem.with_suffix(".npy"), "labels": stem.with_suffix(".labels.npy"),
              "meta": stem.with_suffix(".json")}
     with _cache_lock(stem):
@@ -469,10 +512,22 @@ def load_split(cfg: Config, split: str) -> ImageSplit:
         if cached is None:
             meta = {"key": key, "shape": [len(names), 3, d.image_size, d.image_size], "settings": settings}
             cached = _build_cache(paths, meta, jobs, worker, d.num_workers, desc=f"caching {d.dataset} {split}")
-    images, labels = cached
+            _report_skipped(cached[2], names, root, split)
+    images, labels, skipped = cached
+    if skipped:
+        left_out = set(skipped)
+        names = [n for i, n in enumerate(names) if i not in left_out]
     if labels is not None:  # synthetic factors travel with the cache; CelebA's come from its list
         attributes = labels
     return ImageSplit(images, names, attributes, attribute_names, data_id)
+
+
+def _report_skipped(skipped: list[int], names: list[str], root: Path, split: str) -> None:
+    """Say which images the aligned cache left out (no face found)."""
+    if not skipped:
+        return
+    first = ", ".join(names[i] for i in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+    print(f"data.align: no face found in {len(skipped)} of {len(names)} {split} images, left out ({first})")
 
 
 # --------------------------------------------------------------------------- batches

@@ -51,10 +51,10 @@ def test_decoder_processes_write_rows_and_send_back_only_labels(tmp_path):
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(12, 3, 16, 16))
     start, row_bytes = out.offset, out[0].nbytes
     del out
-    count, labels = dataset._write_rows((dataset._generate_chunk, (5, 7, 42, 16), path, start + 5 * row_bytes))
-    images, factors = dataset._generate_chunk((5, 7, 42, 16))
+    count, labels, kept = dataset._write_rows((dataset._generate_chunk, (5, 7, 42, 16), path, start + 5 * row_bytes))
+    images, factors, _ = dataset._generate_chunk((5, 7, 42, 16))
     cache = np.load(path)
-    assert count == 7 and np.array_equal(labels, factors)
+    assert count == 7 and np.array_equal(labels, factors) and kept is None
     np.testing.assert_array_equal(cache[5:], images)
     assert not cache[:5].any()  # rows before the offset untouched
 

