@@ -4,9 +4,9 @@
     python inference.py --n 100 --temperature 0.7 --seed 1
     python inference.py --sampler gmm                    # sample where the training codes are
     python inference.py --pairs 6 --steps 12 --split val
-    python inference.py --images me.jpg friend.png       # morph images of your own
-    python inference.py --edit Smiling Eyeglasses        # attribute edits (+ edits.json: do they work?)
-    python inference.py --edit glasses --images me.jpg   # edit your own photo
+    python inference.py --images me.jpg friend.png       # your photos: faces aligned like CelebA, morphed
+    python inference.py --images me.jpg --edit Smiling Eyeglasses   # edit your own photo
+    python inference.py --edit Smiling --judge           # + edits.json: do the edits work, what do they keep?
     python inference.py --edit hat --traverse --from-prior   # edit and traverse generated faces only
 
 Writes to {paths.results_dir}/inference_test_set/:
@@ -22,23 +22,30 @@ Writes to {paths.results_dir}/inference_test_set/:
                        the --steps columns between them are decoded codes from image A's (t = 0,
                        its reconstruction) to image B's (t = 1).
 - morph.gif            the slerp morph of the first pair, forth and back, shown between the two images.
+- aligned/NAME.png     with --images: what the model saw of each file (the face found and aligned like
+                       CelebA's images, or with --align off the picture's centre), image_size pixels.
+- photo_edits.png      with --images and --edit: per photo, the photo with the five landmarks found,
+                       the model's input, its reconstruction, and each attribute added (or removed,
+                       where the face has it) as edits.png does.
 - edits.png            with --edit: a block per attribute whose rows are images (--edit-rows evenly
                        spaced --split images, your --images, or --from-prior samples) and whose columns
-                       are the original, its reconstruction, and mu + s * direction for --edit-steps
-                       strengths s from -S to +S (--strength S). An attribute's direction is the mean
-                       posterior mean of training images with it minus that of images without it.
-- edits.gif            the first row of edits.png, swept from -S to +S and back, next to the original.
-- edits.json           does each edit work? An independent CNN judge (trained once per data set on the
-                       labelled training images, cached) scores held-out images edited at strength 1:
-                       its accuracy, the edit success and the number of images, per attribute.
+                       are the original, its reconstruction, and --edit-steps edits: each face moved along
+                       the attribute's --method direction until the latent classifier gives
+                       probabilities from 1 - P to P (--target P), or by -S ... +S (--strength S).
+                       Directions and classifiers are fitted once per checkpoint (src/editing.py).
+- edits.gif            the first row of edits.png, swept from one end to the other and back.
+- edits.json           with --judge: does each edit work, and what does it keep? An independent CNN judge
+                       (trained once per data set on the labelled training images, cached) scores
+                       held-out images edited by each method: success (adding / removing), preservation
+                       of the other attributes it reads reliably, latent distance moved, baseline.
 - traversals.png       with --traverse: the --dims latent dimensions of largest mean KL, one row each,
                        set to -3 ... +3 around a start code (the first image's mu, or 0 with --from-prior).
 - traversals.gif       the traversal, all rows at once.
 
-With --images A [B ...] the images are your files (read with PIL, cropped and resized like the
-training data: data.center_crop assumes an aligned CelebA-like frame, data.center_crop=0 keeps the
-largest centred square): the morph runs between consecutive pairs (it needs two), reconstructions.png
-is skipped, and no dataset is read unless edits, traversals or the gmm sampler need the training set.
+With --images A [B ...] the images are your files (EXIF orientation applied; with --align the face is
+found and aligned like CelebA, src/faces.py, then cropped and resized like the training data): the
+morph runs between consecutive pairs (it needs two), reconstructions.png is skipped, and no dataset
+is read unless edits, traversals or the gmm sampler need it.
 Everything is deterministic: no z is sampled except the seeded prior or mixture samples.
 """
 
@@ -49,62 +56,28 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
-from src.attributes import attribute_directions, held_out, indicators, resolve
+from src.attributes import HeldOut, held_out, indicators, resolve
 from src.checkpoint import load_trained
 from src.config import Config, argument_parser
-from src.dataset import ImageSplit, load_split, preprocess
+from src.dataset import ImageSplit, load_split
+from src.editing import (METHODS, RELIABLE_ACCURACY, Edit, LatentAttributes, edited, judge_decisions, judge_edit,
+                         latent_attributes, sweep)
 from src.errors import DataError, UserError, run_cli
-from src.judge import accuracy, edit_success, trained_judge
-from src.latent import (SAMPLERS, dims_by_kl, edited_codes, encode, latent_codes, training_gmm, traversal_codes)
+from src.faces import Face, describe, model_input, open_photo, small_face_warning
+from src.judge import accuracy, trained_judge
+from src.latent import (SAMPLERS, decode, dims_by_kl, encode, latent_codes, morph_rows, posterior_means, training_gmm,
+                        traversal_codes)
 from src.utils import atomic_write, ensure_writable_dir, labelled_grid, save_image_grid, sweep_gif
 
 OUT_DIR = "inference_test_set"
 RECON_IMAGES, RECON_ROW = 16, 8      # reconstructions.png: 2 blocks of 8
 EDIT_JUDGE_IMAGES = 1000             # at most this many held-out images per attribute for edits.json
 TRAVERSE_RANGE = 3.0                 # traversals run from -3 to +3 prior standard deviations
-
-
-def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, spherical: bool = False) -> torch.Tensor:
-    """`steps` codes from z0 to z1 (both included) as a (steps, D) tensor, for 1-D codes z0, z1 of size D.
-
-    Linear: (1 - t) z0 + t z1. Spherical (slerp, Shoemake 1985; White 2016 for VAEs):
-    sin((1 - t) w) / sin(w) z0 + sin(t w) / sin(w) z1 with w the angle between z0 and z1, which keeps
-    the norm of codes of equal norm (a linear midpoint of two orthogonal unit codes has norm 0.71,
-    in a region the prior rarely samples). When sin(w) is ~0 (parallel or opposite codes) or a code
-    is ~0, the angle is undefined or the formula unstable, and slerp falls back to the linear path.
-    """
-    if z0.dim() != 1 or z0.shape != z1.shape:
-        raise ValueError(f"z0 and z1 must be 1-D codes of the same size, got {tuple(z0.shape)} and {tuple(z1.shape)}")
-    if steps < 2:
-        raise ValueError(f"steps must be at least 2 (both endpoints), got {steps}")
-    a, b = z0.double(), z1.double()  # float64: the angle of nearly parallel codes needs the precision
-    t = torch.linspace(0, 1, steps, dtype=torch.float64, device=z0.device)[:, None]
-    path = (1 - t) * a + t * b
-    if spherical:
-        norms = a.norm() * b.norm()
-        if norms > 1e-12:
-            omega = torch.arccos(((a @ b) / norms).clamp(-1, 1))
-            sin_omega = torch.sin(omega)
-            if sin_omega > 1e-6:
-                path = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / sin_omega
-    path[0], path[-1] = a, b  # exact endpoints, whatever the rounding
-    return path.to(z0.dtype)
-
-
-def read_image(path: str, image_size: int, center_crop: int) -> torch.Tensor:
-    """A user's image file as a (3, S, S) float tensor in [0, 1], preprocessed like the training data."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            array = preprocess(img, image_size, center_crop)
-    except FileNotFoundError:
-        raise UserError(f"image '{path}' not found; pass existing image files to --images") from None
-    except Exception as e:  # not an image, truncated, a directory, unreadable ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read image '{path}' ({reason}); pass a JPEG, PNG or WebP file") from None
-    return torch.tensor(array).float() / 255  # a copy: PIL's array is read-only
+DEFAULT_METHOD, DEFAULT_TARGET = "conditional", 0.9   # chosen by measurement: README, "Steering"
+PHOTO_PANEL = 192                    # pixels per image in photo_edits.png
 
 
 def evenly_spaced(n_available: int, k: int) -> np.ndarray:
@@ -117,19 +90,6 @@ def split_images(split: ImageSplit, k: int) -> torch.Tensor:
     return torch.from_numpy(np.array(split.images[evenly_spaced(len(split), k)])).float() / 255
 
 
-def decode(model, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Images decoded from codes of any leading shape (..., D), on the CPU, shape (..., 3, S, S)."""
-    device = model.fc_mu.weight.device
-    flat = z.reshape(-1, z.shape[-1])
-    images = torch.cat([model.decode(flat[i:i + batch_size].to(device)).cpu() for i in range(0, len(flat), batch_size)])
-    return images.reshape(*z.shape[:-1], *images.shape[1:])
-
-
-def posterior_means(model, x: torch.Tensor) -> torch.Tensor:
-    """mu of images in [0, 1] (N, 3, S, S), on the CPU."""
-    return model.encode(x.to(model.fc_mu.weight.device))[0].cpu()
-
-
 def reconstruction_grid(model, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Originals and reconstructions interleaved by rows of RECON_ROW: (images, nrow)."""
     recon = decode(model, posterior_means(model, x))
@@ -140,69 +100,157 @@ def reconstruction_grid(model, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(rows), nrow
 
 
-def morph_rows(model, a: torch.Tensor, b: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(linear row, slerp row) for one pair; each is (steps + 2, 3, S, S): a, decoded codes, b."""
-    device = model.fc_mu.weight.device
-    mu = model.encode(torch.stack([a, b]).to(device))[0].cpu()  # interpolate on the CPU: MPS has no float64
-    rows = []
-    for spherical in (False, True):
-        decoded = model.decode(interpolate(mu[0], mu[1], steps, spherical).to(device)).cpu()
-        rows.append(torch.cat([a[None], decoded, b[None]]))
-    return rows[0], rows[1]
+# --------------------------------------------------------------------------- your photos
+
+def read_photos(paths: Sequence[str], cfg: Config, align: bool, out_dir: Path
+                ) -> tuple[torch.Tensor, list[tuple[Image.Image, Face | None]]]:
+    """Your images as the model's inputs (N, 3, S, S) in [0, 1]: each face found and aligned like
+    CelebA (or, unaligned, the picture's centre), and written to aligned/<name>.png so you see
+    what the model saw. Also each photo and the face found in it (None when not aligned)."""
+    size, crop = cfg.data.image_size, cfg.data.center_crop
+    aligned_dir = out_dir / "aligned"
+    aligned_dir.mkdir(exist_ok=True)
+    inputs, photos, used = [], [], set()
+    for path in paths:
+        photo = open_photo(path)
+        array, face = model_input(photo, path, size, crop, align)
+        photos.append((photo, face))
+        if face is not None:
+            print(describe(face, path))
+            warning = small_face_warning(face, path, size, crop)
+            if warning:
+                print(warning)
+        stem = Path(path).stem
+        name = stem if stem not in used else f"{stem}-{len(inputs)}"
+        used.add(name)
+        Image.fromarray(array.transpose(1, 2, 0)).save(aligned_dir / f"{name}.png")
+        inputs.append(torch.from_numpy(array.copy()).float() / 255)
+    print(f"wrote the model's inputs to {aligned_dir}/ ({'aligned like CelebA' if align else 'not aligned'})")
+    return torch.stack(inputs), photos
 
 
-def strength_label(s: float) -> str:
-    return "s = 0" if abs(s) < 1e-9 else f"{s:+.2f}"
+def photo_panel(photo: Image.Image, face: Face | None, side: int) -> torch.Tensor:
+    """The photo fitted into a white side x side square, its five landmarks marked: (3, side, side)."""
+    scale = side / max(photo.size)
+    shown = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.LANCZOS)
+    panel = Image.new("RGB", (side, side), "white")
+    offset = ((side - shown.width) // 2, (side - shown.height) // 2)
+    panel.paste(shown, offset)
+    if face is not None:
+        draw, r = ImageDraw.Draw(panel), max(2, side // 90)
+        for x, y in (face.landmarks + 0.5) * scale + offset:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=(255, 210, 0), outline=(0, 0, 0))
+    return torch.from_numpy(np.asarray(panel).transpose(2, 0, 1).copy()).float() / 255
+
+
+def write_photo_edits(args, model, photos: list, inputs: torch.Tensor, names: list[str], attrs: LatentAttributes,
+                      out_dir: Path) -> Path:
+    """photo_edits.png: per photo, the photo with its landmarks, the model's input, its reconstruction,
+    and each --edit attribute added (or, where the face has it, removed) as the figures' edit does."""
+    mu = posterior_means(model, inputs).double().numpy()
+    columns, edits = [], []
+    for name in names:
+        add = attrs.logits(name, mu) < 0  # the latent classifier says the face lacks it
+        edits.append(decode(model, torch.from_numpy(edited(mu, attrs, name, edit_for(args, name, names), add)).float()))
+        columns.append(f"{'+' if add.all() else '-' if not add.any() else '+/-'}{name}")
+    side = PHOTO_PANEL
+    grow = lambda x: F.interpolate(x, size=(side, side), mode="nearest")
+    rows = [torch.stack([photo_panel(photo, face, side), grow(inputs[i:i + 1])[0],
+                         grow(decode(model, torch.from_numpy(mu[i:i + 1]).float()))[0],
+                         *[grow(e[i:i + 1])[0] for e in edits]]) for i, (photo, face) in enumerate(photos)]
+    how = edit_for(args, names[0], names)
+    to = f"to p = {how.target:g}" if how.target is not None else f"by {how.strength:g}"
+    title = f"your photos: face found, aligned like CelebA, reconstructed, edited ({how.method} {to})"
+    return labelled_grid([(title, torch.stack(rows), [])], ["photo", "model input", "reconstruction", *columns],
+                         out_dir / "photo_edits.png", min_cell=side)
+
+
+def aligns(args, cfg: Config) -> bool:
+    """--align auto: align where the model was trained on aligned photos (CelebA, or a folder with
+    data.align), not on the synthetic faces, which no face detector reads."""
+    if args.align != "auto":
+        return args.align == "on"
+    return cfg.data.dataset == "celeba" or (cfg.data.dataset == "folder" and cfg.data.align)
 
 
 # --------------------------------------------------------------------------- edits and traversals
 
-def write_edits(args, model, names: list[str], directions: dict, counts: dict, images: torch.Tensor,
+def edit_for(args, name: str, edited_names: Sequence[str]) -> Edit:
+    """The edit the figures show for attribute `name`: --method, to --target or by +-strength, keeping
+    --keep (by default the other edited attributes) when conditional."""
+    keep = tuple(k for k in (args.keep if args.keep is not None else edited_names) if k != name)
+    if args.strength is not None:
+        return Edit(args.method, strength=args.strength, keep=keep)
+    return Edit(args.method, strength=None, target=args.target, keep=keep)
+
+
+def judged_edits(args, name: str, edited_names: Sequence[str]) -> dict[str, Edit]:
+    """The methods edits.json compares: mean difference at strength 1, the classifier's normal and the
+    conditional direction to the target (and the figure's own edit, if it is none of those)."""
+    keep = edit_for(args, name, edited_names).keep
+    edits = {"mean, strength 1": Edit("mean", 1.0),
+             f"normal to p={args.target:g}": Edit("normal", None, args.target),
+             f"conditional to p={args.target:g}": Edit("conditional", None, args.target, keep)}
+    shown = edit_for(args, name, edited_names)
+    if shown not in edits.values():
+        edits[shown.describe()] = shown
+    return edits
+
+
+def write_edits(args, model, names: list[str], attrs: LatentAttributes, images: torch.Tensor,
                 source: str, out_dir: Path) -> list[Path]:
     """edits.png (one block per attribute) and edits.gif (the first row of the first block)."""
-    strengths = torch.linspace(-args.strength, args.strength, args.edit_steps)
-    mu = posterior_means(model, images)
-    recon = decode(model, mu)
+    mu = posterior_means(model, images).double().numpy()
+    recon = decode(model, torch.from_numpy(mu).float())
     blocks, strips = [], None
     for name in names:
-        edited = decode(model, edited_codes(mu, directions[name], strengths))  # (rows, steps, 3, S, S)
+        how = edit_for(args, name, names)
+        codes, columns = sweep(mu, attrs, name, how, args.edit_steps)
+        edited = decode(model, torch.from_numpy(codes).float())  # (rows, steps, 3, S, S)
         rows = torch.cat([images[:, None], recon[:, None], edited], dim=1)
-        with_it, without = counts[name]
-        blocks.append((f"{name}: mu + s * direction  ({source}; direction from {with_it} training images with it, "
+        with_it, without = attrs.counts[attrs.index(name)]
+        blocks.append((f"{name}: {how.describe()}  ({source}; fitted on {with_it} training images with it, "
                        f"{without} without)", rows, []))
         if strips is None:
-            strips = [torch.stack([images[0], edited[0, i]]) for i in range(len(strengths))]
-    columns = ["original", "reconstruction", *map(strength_label, strengths.tolist())]
+            strips = [torch.stack([images[0], edited[0, i]]) for i in range(edited.shape[1])]
+    columns = ["original", "reconstruction", *columns]
     return [labelled_grid(blocks, columns, out_dir / "edits.png"), sweep_gif(strips, out_dir / "edits.gif")]
 
 
-def judge_edits(args, model, cfg: Config, checkpoint: Path, train: ImageSplit, names: list[str], directions: dict,
-                out_dir: Path) -> Path:
-    """edits.json: per attribute, the judge's held-out accuracy and the edit success at strength 1."""
+def judge_edits(args, model, cfg: Config, checkpoint: Path, train: ImageSplit, held: HeldOut, names: list[str],
+                attrs: LatentAttributes, out_dir: Path) -> Path:
+    """edits.json and a printed table: per attribute and method, success, preservation and distance."""
     device = model.fc_mu.weight.device
     labels, all_names = indicators(train)
     judge = trained_judge(train.images, labels, all_names, train.data_id, cfg.data.cache_dir, device)
-    split = load_split(cfg, args.split)
-    held = held_out(args.split, split, train)
     pick = evenly_spaced(len(held.rows), min(EDIT_JUDGE_IMAGES, len(held.rows)))
-    source = split if held.on_split else train
-    images, held_labels, where = np.asarray(source.images[held.rows[pick]]), held.labels[pick], held.description
-    mu = torch.from_numpy(encode(model, images, cfg.train.batch_size, device, desc="encoding held-out images")[0])
+    source = load_split(cfg, args.split) if held.on_split else train
+    images, held_labels = np.asarray(source.images[held.rows[pick]]), held.labels[pick]
+    mu = encode(model, images, cfg.train.batch_size, device, desc="encoding held-out images")[0].astype(np.float64)
     scores = accuracy(judge, images, held_labels, all_names)
+    reliable = [i for i, n in enumerate(all_names) if scores[n]["balanced_accuracy"] >= RELIABLE_ACCURACY]
+    decide = judge_decisions(model, judge)
     results = {}
     for name in names:
         a = all_names.index(name)
         results[name] = {"judge_accuracy": scores[name]["accuracy"],
-                         "judge_balanced_accuracy": scores[name]["balanced_accuracy"],
-                         **edit_success(model, judge, a, mu, held_labels[:, a], directions[name])}
-    report = {"checkpoint": str(checkpoint), "held_out": where, "strength": 1.0, "attributes": results}
+                         "judge_balanced_accuracy": scores[name]["balanced_accuracy"], "methods": {}}
+        for label, how in judged_edits(args, name, names).items():
+            edit = lambda codes, add, how=how: edited(codes, attrs, name, how, add)
+            results[name]["methods"][label] = judge_edit(decide, mu, held_labels[:, a], a, reliable, edit)
+    report = {"checkpoint": str(checkpoint), "held_out": held.description,
+              "preservation_attributes": [all_names[i] for i in reliable], "attributes": results}
     path = atomic_write(out_dir / "edits.json", lambda f: f.write(json.dumps(report, indent=2).encode()))
-    print(f"\nedits judged on {where}, strength 1 (success: the judge's decision moves to the intended side)")
-    print(f"{'attribute':24s}{'judge acc':>10s}{'balanced':>10s}{'success':>9s}{'add':>7s}{'remove':>8s}"
-          f"{'baseline':>10s}{'images':>8s}")
+    print(f"\nedits judged on {held.description}: success = the judge's decision moves to the intended side "
+          f"(add / remove); kept = decisions unchanged on the {len(reliable)} other attributes it reads with "
+          f"balanced accuracy >= {RELIABLE_ACCURACY}")
+    print(f"{'attribute':22s}{'method':34s}{'success':>8s}{'add':>7s}{'remove':>8s}{'kept':>7s}{'moved':>7s}"
+          f"{'baseline':>9s}{'judge':>7s}")
     for name, r in results.items():
-        print(f"{name[:23]:24s}{r['judge_accuracy']:>10.3f}{r['judge_balanced_accuracy']:>10.3f}{r['success']:>9.3f}"
-              f"{r['success_add']:>7.3f}{r['success_remove']:>8.3f}{r['baseline']:>10.3f}{r['images']:>8d}")
+        for label, m in r["methods"].items():
+            print(f"{name[:21]:22s}{label[:33]:34s}{m['success']:>8.3f}{m['success_add']:>7.3f}"
+                  f"{m['success_remove']:>8.3f}{m['preservation']:>7.3f}{m['latent_distance']:>7.2f}"
+                  f"{m['baseline']:>9.3f}{r['judge_balanced_accuracy']:>7.3f}")
     return path
 
 
@@ -239,9 +287,24 @@ def parse_args(argv: Sequence[str] | None):
                         help="decoded codes per morph, both endpoints included (default 10)")
     parser.add_argument("--images", nargs="+", metavar="FILE", default=None,
                         help="your own image files: morphed in consecutive pairs, edited, traversed")
+    parser.add_argument("--align", choices=("auto", "on", "off"), default="auto",
+                        help="find the face in each --images file and align it like CelebA (auto: when the model "
+                             "was trained on aligned photos, i.e. CelebA or a folder with data.align)")
     parser.add_argument("--edit", nargs="+", metavar="ATTR", default=None,
                         help="attributes to add and remove (names as the data labels them, e.g. Smiling, glasses)")
-    parser.add_argument("--strength", type=float, default=1.5, help="edits run from -S to +S directions (default 1.5)")
+    parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                        help="edit direction: mean difference, the latent classifier's normal, or that normal with "
+                             f"the --keep attributes' normals projected out (default {DEFAULT_METHOD})")
+    parser.add_argument("--target", type=float, default=DEFAULT_TARGET,
+                        help="move each face until the latent classifier gives this probability of the attribute "
+                             f"(1 - P to remove it; default {DEFAULT_TARGET}); the figure runs from 1 - P to P")
+    parser.add_argument("--strength", type=float, default=None,
+                        help="instead of --target: fixed steps, the figure running from -S to +S directions")
+    parser.add_argument("--keep", nargs="*", metavar="ATTR", default=None,
+                        help="attributes a conditional edit leaves unchanged (default: the other --edit attributes)")
+    parser.add_argument("--judge", action="store_true",
+                        help="score the edits with the independent judge (trained once per data set, ~10 min on "
+                             "2 cores): edits.json and a table of success and preservation per method")
     parser.add_argument("--edit-steps", type=int, default=7, help="odd number of edit strengths (default 7)")
     parser.add_argument("--edit-rows", type=int, default=4, help="--split images per edited attribute (default 4)")
     parser.add_argument("--traverse", action="store_true", help="write latent traversals")
@@ -252,8 +315,10 @@ def parse_args(argv: Sequence[str] | None):
     args = parser.parse_args(argv)
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise UserError(f"--temperature must be a number > 0, got {args.temperature}")
-    if not (math.isfinite(args.strength) and args.strength > 0):
+    if args.strength is not None and not (math.isfinite(args.strength) and args.strength > 0):
         raise UserError(f"--strength must be a number > 0, got {args.strength}")
+    if not 0.5 < args.target < 1:
+        raise UserError(f"--target must be a probability between 0.5 and 1 (e.g. 0.9), got {args.target}")
     for name, value, least in (("--n", args.n, 1), ("--pairs", args.pairs, 1), ("--steps", args.steps, 2),
                                ("--edit-steps", args.edit_steps, 3), ("--edit-rows", args.edit_rows, 1),
                                ("--dims", args.dims, 1), ("--traverse-steps", args.traverse_steps, 2)):
@@ -261,15 +326,17 @@ def parse_args(argv: Sequence[str] | None):
             raise UserError(f"{name} must be at least {least}, got {value}")
     if args.edit_steps % 2 == 0:
         raise UserError(f"--edit-steps must be odd (so that s = 0 is shown), got {args.edit_steps}")
+    if args.judge and not args.edit:
+        raise UserError("--judge scores edits: name the attributes with --edit")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     model, cfg, state, checkpoint = load_trained(args)
-    size, crop = cfg.data.image_size, cfg.data.center_crop
-    user_images = torch.stack([read_image(p, size, crop) for p in args.images]) if args.images else None
+    size = cfg.data.image_size
     out_dir = ensure_writable_dir(Path(cfg.paths.results_dir) / OUT_DIR, "paths.results_dir")
+    user_images, photos = read_photos(args.images, cfg, aligns(args, cfg), out_dir) if args.images else (None, [])
     device = next(model.parameters()).device
     bs = cfg.train.batch_size
     print(f"{checkpoint} (epoch {state.get('epoch')}), {size}x{size} images, latent {model.latent_dim}")
@@ -277,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     train = load_split(cfg, "train") if needs_train else None
     if args.edit:  # unknown names and unlabelled data fail here, before anything is written
         names = resolve(args.edit, indicators(train)[1])
+        resolve(args.keep or [], indicators(train)[1])
     written = []
     with torch.no_grad():
         gmm = training_gmm(model, checkpoint, train.images, train.data_id, cfg.data.cache_dir, bs, device) \
@@ -318,10 +386,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             else:
                 sources, source = split_images(split, min(args.edit_rows, len(split))), f"{args.split} images"
         if args.edit:
-            directions, counts = attribute_directions(model, checkpoint, train, cfg.data.cache_dir, bs, device)
-            names = resolve(names, list(directions))  # an attribute without both sides has no direction
-            written += write_edits(args, model, names, directions, counts, sources, source, out_dir)
-            written.append(judge_edits(args, model, cfg, checkpoint, train, names, directions, out_dir))
+            held = held_out(args.split, split if split is not None else load_split(cfg, args.split), train)
+            attrs = latent_attributes(model, checkpoint, train, held.fit_rows, cfg.data.cache_dir, bs, device)
+            names = resolve(names, attrs.names)  # an attribute without both sides has no direction
+            written += write_edits(args, model, names, attrs, sources, source, out_dir)
+            if photos:
+                written.append(write_photo_edits(args, model, photos, user_images, names, attrs, out_dir))
+            if args.judge:
+                written.append(judge_edits(args, model, cfg, checkpoint, train, held, names, attrs, out_dir))
         if args.traverse:
             ranking = split if split is not None else load_split(cfg, args.split)
             start = torch.zeros(model.latent_dim) if args.from_prior else posterior_means(model, sources[:1])[0]

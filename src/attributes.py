@@ -1,4 +1,4 @@
-"""Attributes of images as 0/1 indicators, and the latent directions that add or remove them.
+"""Attributes of images as 0/1 indicators, and which labelled images are held out of fitting.
 
 Labels come from CelebA's attribute list (40 binary attributes, possibly for only some images: NaN
 where unknown) or from the synthetic faces' nine factors (categorical, binary and continuous). Every
@@ -7,16 +7,12 @@ consumer (the failure analysis, latent editing, the edit judge) sees them throug
 
 import difflib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from src.dataset import ImageSplit
 from src.errors import UserError
-from src.latent import cached_arrays, encode, file_digest
-from src.model import ConvVAE
 
 MAX_CATEGORIES = 12    # integer attributes with at most this many values get one indicator per value
 HOLD_OUT_EVERY = 10    # every 10th labelled training image is held out (of the edit judge's training, of probes)
@@ -105,42 +101,3 @@ def resolve(requested: Sequence[str], available: Sequence[str]) -> list[str]:
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise UserError(f"unknown attribute '{name}'; {hint}available: {', '.join(available)}")
     return list(requested)
-
-
-def mean_difference(codes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per indicator column: mean code of images with it minus mean code of images without it.
-
-    codes (N, D); labels (N, A) of 0/1/NaN. Images whose label is unknown are left out. Returns the
-    directions (A, D) and the counts (A, 2) of images with and without; a direction with an empty
-    side is NaN.
-    """
-    directions = np.full((labels.shape[1], codes.shape[1]), np.nan)
-    counts = np.zeros((labels.shape[1], 2), dtype=np.int64)
-    for a, column in enumerate(labels.T):
-        with_it, without = codes[column == 1], codes[column == 0]
-        counts[a] = len(with_it), len(without)
-        if len(with_it) and len(without):
-            directions[a] = with_it.mean(0) - without.mean(0)
-    return directions, counts
-
-
-def attribute_directions(model: ConvVAE, checkpoint: str | Path, train: ImageSplit, cache_dir: str | Path,
-                         batch_size: int, device: torch.device) -> tuple[dict[str, torch.Tensor], dict]:
-    """Every attribute's direction from the training set's posterior means, once per checkpoint and data.
-
-    Returns ({name: direction (D,) float32}, {name: [images with, images without]}); attributes with
-    an empty side are left out.
-    """
-    labels, names = indicators(train)
-    key = {"checkpoint": file_digest(checkpoint), "data": train.data_id, "names": names, "version": 1}
-    path = Path(cache_dir) / f"directions-{key['checkpoint'][:16]}-{train.data_id[:12]}.npz"
-
-    def compute() -> dict[str, np.ndarray]:
-        mu, _ = encode(model, train.images, batch_size, device, desc="encoding train for attribute directions")
-        directions, counts = mean_difference(mu.astype(np.float64), labels)
-        return {"directions": directions, "counts": counts}
-
-    arrays = cached_arrays(path, key, compute)
-    usable = [i for i, name in enumerate(names) if np.isfinite(arrays["directions"][i]).all()]
-    return ({names[i]: torch.from_numpy(arrays["directions"][i]).float() for i in usable},
-            {names[i]: arrays["counts"][i].tolist() for i in usable})

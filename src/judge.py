@@ -5,9 +5,7 @@ conv layers and a logistic output per attribute indicator, sharing the conv feat
 once per data set on its labelled training images and cached. Every tenth labelled image is held
 out of its training. The loss weighs each attribute's positives by its negatives/positives ratio,
 so the 0.5 decision is a balanced one even for rare attributes (Eyeglasses: 7% of CelebA).
-
-Edit success: for held-out images without an attribute, decode mu + strength * direction (with it:
-mu - strength * direction) and count how often the judge's decision moves to the intended side.
+src/editing.py uses it to score edits: success and preservation.
 """
 
 import hashlib
@@ -138,26 +136,3 @@ def trained_judge(train_images: np.ndarray, labels: np.ndarray, names: list[str]
     state = {k: v.cpu() for k, v in judge.state_dict().items()}
     atomic_write(path, lambda f: torch.save({"key": key, "model": state}, f))
     return judge
-
-
-@torch.no_grad()
-def edit_success(model, judge: Judge, column: int, codes: torch.Tensor, labels: np.ndarray,
-                 direction: torch.Tensor, strength: float = 1.0) -> dict:
-    """How often adding (to images without the attribute) or subtracting (to images with it)
-    strength * direction moves the judge's decision on attribute `column` to the intended side.
-
-    codes: posterior means (N, D) of held-out images; labels: their 0/1/NaN label of this attribute.
-    Also reports the baseline: how often the unedited reconstruction is already on that side.
-    """
-    device = next(model.parameters()).device
-    known = ~np.isnan(labels)
-    codes, has = codes[known], torch.from_numpy(labels[known] == 1)
-    sign = torch.where(has, -1.0, 1.0)[:, None]  # with it: remove; without: add
-    target = ~has                                # the intended decision after the edit
-    decode = lambda z: torch.cat([model.decode(to_device(z[i:i + 256], device)).cpu() for i in range(0, len(z), 256)])
-    edited = judge_probabilities(judge, decode(codes + sign * strength * direction))[:, column] > 0.5
-    before = judge_probabilities(judge, decode(codes))[:, column] > 0.5
-    hits, base = (edited == target).float(), (before == target).float()
-    return {"success": hits.mean().item(), "success_add": hits[~has].mean().item() if (~has).any() else math.nan,
-            "success_remove": hits[has].mean().item() if has.any() else math.nan, "baseline": base.mean().item(),
-            "images": int(len(has)), "images_with": int(has.sum()), "strength": strength}

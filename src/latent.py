@@ -132,11 +132,57 @@ def latent_codes(sampler: str, n: int, latent_dim: int, seed: int, gmm: dict | N
     return prior_codes(n, latent_dim, seed, temperature)
 
 
-# --------------------------------------------------------------------------- edits and traversals
+# --------------------------------------------------------------------------- codes <-> images, paths, traversals
 
-def edited_codes(mu: torch.Tensor, direction: torch.Tensor, strengths: torch.Tensor) -> torch.Tensor:
-    """mu + s * direction for every code (N, D) and strength s: (N, len(strengths), D)."""
-    return mu[:, None, :] + strengths[None, :, None] * direction[None, None, :]
+def decode(model: ConvVAE, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Images decoded from codes of any leading shape (..., D), on the CPU, shape (..., 3, S, S)."""
+    device = model.fc_mu.weight.device
+    flat = z.reshape(-1, z.shape[-1])
+    images = torch.cat([model.decode(flat[i:i + batch_size].to(device)).cpu() for i in range(0, len(flat), batch_size)])
+    return images.reshape(*z.shape[:-1], *images.shape[1:])
+
+
+def posterior_means(model: ConvVAE, x: torch.Tensor) -> torch.Tensor:
+    """mu of images in [0, 1] (N, 3, S, S), on the CPU."""
+    return model.encode(x.to(model.fc_mu.weight.device))[0].cpu()
+
+
+def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, spherical: bool = False) -> torch.Tensor:
+    """`steps` codes from z0 to z1 (both included) as a (steps, D) tensor, for 1-D codes z0, z1 of size D.
+
+    Linear: (1 - t) z0 + t z1. Spherical (slerp, Shoemake 1985; White 2016 for VAEs):
+    sin((1 - t) w) / sin(w) z0 + sin(t w) / sin(w) z1 with w the angle between z0 and z1, which keeps
+    the norm of codes of equal norm (a linear midpoint of two orthogonal unit codes has norm 0.71,
+    in a region the prior rarely samples). When sin(w) is ~0 (parallel or opposite codes) or a code
+    is ~0, the angle is undefined or the formula unstable, and slerp falls back to the linear path.
+    """
+    if z0.dim() != 1 or z0.shape != z1.shape:
+        raise ValueError(f"z0 and z1 must be 1-D codes of the same size, got {tuple(z0.shape)} and {tuple(z1.shape)}")
+    if steps < 2:
+        raise ValueError(f"steps must be at least 2 (both endpoints), got {steps}")
+    a, b = z0.double(), z1.double()  # float64: the angle of nearly parallel codes needs the precision
+    t = torch.linspace(0, 1, steps, dtype=torch.float64, device=z0.device)[:, None]
+    path = (1 - t) * a + t * b
+    if spherical:
+        norms = a.norm() * b.norm()
+        if norms > 1e-12:
+            omega = torch.arccos(((a @ b) / norms).clamp(-1, 1))
+            sin_omega = torch.sin(omega)
+            if sin_omega > 1e-6:
+                path = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / sin_omega
+    path[0], path[-1] = a, b  # exact endpoints, whatever the rounding
+    return path.to(z0.dtype)
+
+
+def morph_rows(model: ConvVAE, a: torch.Tensor, b: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(linear row, slerp row) for one pair; each is (steps + 2, 3, S, S): a, decoded codes, b."""
+    device = model.fc_mu.weight.device
+    mu = model.encode(torch.stack([a, b]).to(device))[0].cpu()  # interpolate on the CPU: MPS has no float64
+    rows = []
+    for spherical in (False, True):
+        decoded = model.decode(interpolate(mu[0], mu[1], steps, spherical).to(device)).cpu()
+        rows.append(torch.cat([a[None], decoded, b[None]]))
+    return rows[0], rows[1]
 
 
 def traversal_codes(start: torch.Tensor, dims: list[int], values: torch.Tensor) -> torch.Tensor:

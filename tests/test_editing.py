@@ -9,11 +9,12 @@ from PIL import Image
 from torch import nn
 
 import inference
-from src.attributes import binarize, mean_difference, resolve
+from src.attributes import binarize, held_out_mask, resolve
+from src.editing import (Edit, LatentAttributes, direction, edited, fit_classifiers, judge_decisions, judge_edit,
+                         mean_difference, steps_to_target, sweep)
 from src.errors import UserError, run_cli
-from src.attributes import held_out_mask
-from src.judge import Judge, edit_success, trained_judge
-from src.latent import dims_by_kl, edited_codes, traversal_codes
+from src.judge import Judge, trained_judge
+from src.latent import dims_by_kl, traversal_codes
 from tests.conftest import make_celeba, tiny_config
 
 
@@ -45,10 +46,62 @@ def test_an_unknown_attribute_lists_the_names_and_suggests_the_closest():
         resolve(["Eyeglass"], ["Eyeglasses", "Smiling"])
 
 
+def constructed_attributes(d: int = 6, seed: int = 0) -> tuple[np.ndarray, LatentAttributes]:
+    """Codes with three known linear attributes (logits along fixed, non-orthogonal directions) and
+    the classifiers fitted to them."""
+    rng = np.random.default_rng(seed)
+    codes = rng.normal(size=(3000, d))
+    truth = np.array([[2.0, 1.0, 0, 0, 0, 0], [1.0, 0, 2.0, 0, 0, 0], [0, 0, 0, 0, 3.0, 0]])[:, :d]
+    labels = (rng.random((3000, 3)) < 1 / (1 + np.exp(-codes @ truth.T))).astype(float)
+    labels[:100, 0] = np.nan  # unknown labels are left out of the fit
+    weights, biases = fit_classifiers(codes, labels)
+    mean, counts = mean_difference(codes, labels)
+    return codes, LatentAttributes(["a", "b", "c"], mean, counts, weights, biases)
+
+
+def test_linear_classifiers_recover_a_known_attribute_direction():
+    _, attrs = constructed_attributes()
+    cosine = attrs.weights[0] @ [2, 1, 0, 0, 0, 0] / np.linalg.norm(attrs.weights[0]) / np.sqrt(5)
+    assert cosine > 0.99 and abs(attrs.biases[0]) < 0.2
+
+
+def test_a_target_probability_is_reached_exactly_along_any_direction():
+    codes, attrs = constructed_attributes()
+    for method in ("mean", "normal", "conditional"):
+        how = Edit(method, None, 0.9, keep=("b",) if method == "conditional" else ())
+        add = np.arange(len(codes)) % 2 == 0
+        moved = edited(codes, attrs, "a", how, add)
+        p = 1 / (1 + np.exp(-attrs.logits("a", moved)))
+        np.testing.assert_allclose(p, np.where(add, 0.9, 0.1), atol=1e-6)
+    # a face already past the target moves back to it: the step depends on the face
+    steps = steps_to_target(codes[:2], attrs.weights[0], attrs.biases[0], attrs.weights[0], 0.9)
+    assert steps[0] != steps[1]
+
+
+def test_a_conditional_direction_is_orthogonal_to_the_kept_normals_and_keeps_their_logits():
+    codes, attrs = constructed_attributes()
+    d = direction(attrs, "a", "conditional", keep=("b", "c"))
+    assert abs(d @ attrs.weights[1]) < 1e-9 and abs(d @ attrs.weights[2]) < 1e-9
+    assert np.linalg.norm(d) == pytest.approx(1) and d @ attrs.weights[0] > 0
+    moved = edited(codes, attrs, "a", Edit("conditional", None, 0.95, keep=("b", "c")))
+    np.testing.assert_allclose(attrs.logits("b", moved), attrs.logits("b", codes), atol=1e-9)
+    unconditional = edited(codes, attrs, "a", Edit("normal", None, 0.95))
+    assert np.abs(attrs.logits("b", unconditional) - attrs.logits("b", codes)).mean() > 0.1  # a and b are entangled
+    with pytest.raises(UserError, match="cannot be edited and kept"):
+        direction(attrs, "a", "conditional", keep=("a",))
+
+
+def test_sweeps_run_over_strengths_or_target_probabilities():
+    codes, attrs = constructed_attributes()
+    fixed, labels = sweep(codes[:2], attrs, "a", Edit("mean", 1.5), 3)
+    assert fixed.shape == (2, 3, 6) and labels == ["-1.50", "s = 0", "+1.50"]
+    np.testing.assert_allclose(fixed[:, 2] - codes[:2], np.tile(1.5 * attrs.mean[0], (2, 1)))
+    targeted, labels = sweep(codes[:2], attrs, "a", Edit("normal", None, 0.9), 3)
+    assert labels == ["p = 0.1", "p = 0.5", "p = 0.9"]
+    np.testing.assert_allclose(1 / (1 + np.exp(-attrs.logits("a", targeted[:, 2]))), 0.9, atol=1e-6)
+
+
 def test_edit_and_traversal_codes():
-    mu, direction = torch.zeros(2, 3), torch.tensor([1.0, 0.0, -1.0])
-    codes = edited_codes(mu, direction, torch.tensor([-1.0, 0.0, 2.0]))
-    assert codes.shape == (2, 3, 3) and codes[1, 2].tolist() == [2.0, 0.0, -2.0] and codes[0, 1].abs().sum() == 0
     start = torch.tensor([0.5, 0.5, 0.5])
     grid = traversal_codes(start, [2, 0], torch.tensor([-3.0, 3.0]))
     assert grid.shape == (2, 2, 3) and grid[0, 1].tolist() == [0.5, 0.5, 3.0] and grid[1, 0].tolist() == [-3.0, 0.5, 0.5]
@@ -81,13 +134,22 @@ class BrightnessJudge(Judge):
         return (x.mean(dim=(1, 2, 3)) - 0.5)[:, None] * 20  # "has it" = brighter than 0.5
 
 
-def test_edit_success_on_a_case_with_a_known_answer():
-    codes = torch.tensor([[0.2, 0.0], [0.3, 0.0], [0.8, 0.0], [0.9, 0.0]])
+def test_edit_success_and_preservation_on_a_case_with_a_known_answer():
+    codes = np.array([[0.2, 0.1], [0.3, 0.9], [0.8, 0.1], [0.9, 0.9]])
     labels = np.array([0.0, 0.0, 1.0, np.nan])  # dark images lack it, bright ones have it; one unknown
-    right = edit_success(Brightness(), BrightnessJudge(), 0, codes, labels, torch.tensor([0.5, 0.0]))
+    # the judge reads brightness (z[0]) and, as a second attribute, whether z[1] > 0.5
+    decide = lambda z: np.stack([z[:, 0] > 0.5, z[:, 1] > 0.5], axis=1)
+    along = lambda step: lambda z, add: z + np.where(add, 1.0, -1.0)[:, None] * step
+    right = judge_edit(decide, codes, labels, 0, [0, 1], along(np.array([0.5, 0.0])))
     assert right["success"] == 1.0 and right["images"] == 3 and right["baseline"] == 0.0
-    wrong = edit_success(Brightness(), BrightnessJudge(), 0, codes, labels, torch.tensor([0.0, 5.0]))
-    assert wrong["success"] == 0.0  # moving another dimension changes nothing the judge sees
+    assert right["preservation"] == 1.0 and right["latent_distance"] == pytest.approx(0.5)
+    wrong = judge_edit(decide, codes, labels, 0, [0, 1], along(np.array([0.0, 5.0])))
+    assert wrong["success"] == 0.0 and wrong["preservation"] == pytest.approx(2 / 3)  # 2 of 3 flip z[1]
+
+
+def test_the_judge_decides_on_decoded_images():
+    decide = judge_decisions(Brightness(), BrightnessJudge())
+    assert decide(np.array([[0.2], [0.45], [0.55], [0.9]]))[:, 0].tolist() == [False, False, True, True]
 
 
 def test_the_judge_is_trained_once_per_data_and_attributes(tmp_path, monkeypatch, capsys):
@@ -115,7 +177,7 @@ def run(trained, tmp_path, *args):
 def test_edits_png_gif_and_json(trained, tmp_path, monkeypatch, capsys):
     from src import judge as judge_module
     monkeypatch.setattr(judge_module, "JUDGE_EPOCHS", 1)
-    out = run(trained, tmp_path, "--edit", "glasses", "hat", "--edit-rows", "3", "--edit-steps", "5")
+    out = run(trained, tmp_path, "--edit", "glasses", "hat", "--edit-rows", "3", "--edit-steps", "5", "--judge")
     with Image.open(out / "edits.png") as png:
         width, height = png.size
     cell = 16 * 6  # 16-px images upscaled to at least 96 px
@@ -125,9 +187,12 @@ def test_edits_png_gif_and_json(trained, tmp_path, monkeypatch, capsys):
     report = json.loads((out / "edits.json").read_text())
     assert set(report["attributes"]) == {"glasses", "hat"} and "test split" in report["held_out"]
     for r in report["attributes"].values():
-        assert 0 <= r["success"] <= 1 and 0 <= r["judge_accuracy"] <= 1 and r["images"] == 16
+        assert 0 <= r["judge_accuracy"] <= 1
+        assert list(r["methods"]) == ["mean, strength 1", "normal to p=0.9", "conditional to p=0.9"]
+        for m in r["methods"].values():
+            assert 0 <= m["success"] <= 1 and m["images"] == 16 and m["latent_distance"] > 0
     printed = capsys.readouterr().out
-    assert "judge acc" in printed and "glasses" in printed
+    assert "conditional to p=0.9" in printed and "glasses" in printed
 
 
 def test_traversals_and_edits_of_one_own_image(trained, tmp_path, capsys):

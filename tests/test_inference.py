@@ -7,6 +7,7 @@ from PIL import Image
 
 import inference
 from src.errors import run_cli
+from src.latent import interpolate, morph_rows
 
 SIZE, PAD = 16, 2  # the `trained` fixture's image_size; save_image_grid's padding
 
@@ -73,24 +74,24 @@ def test_bad_arguments_are_refused_in_one_line(trained, tmp_path, capsys, args, 
 def test_interpolate_endpoints_and_norms():
     z0, z1 = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
     for spherical in (False, True):
-        path = inference.interpolate(z0, z1, 5, spherical)
+        path = interpolate(z0, z1, 5, spherical)
         assert path.shape == (5, 3) and path.dtype == torch.float32
         assert torch.equal(path[0], z0) and torch.equal(path[-1], z1)
-    slerp_mid = inference.interpolate(z0, z1, 3, spherical=True)[1]
-    lerp_mid = inference.interpolate(z0, z1, 3, spherical=False)[1]
+    slerp_mid = interpolate(z0, z1, 3, spherical=True)[1]
+    lerp_mid = interpolate(z0, z1, 3, spherical=False)[1]
     assert slerp_mid.norm().item() == pytest.approx(1.0, abs=1e-6)
     assert lerp_mid.norm().item() == pytest.approx(1 / math.sqrt(2), abs=1e-6)
     # Parallel codes (angle 0) and a zero code fall back to the straight line, without NaN.
     for a, b in [(z0, 2 * z0), (torch.zeros(3), z1)]:
-        path = inference.interpolate(a, b, 4, spherical=True)
-        assert torch.allclose(path, inference.interpolate(a, b, 4, spherical=False))
+        path = interpolate(a, b, 4, spherical=True)
+        assert torch.allclose(path, interpolate(a, b, 4, spherical=False))
 
 
 def test_slerp_keeps_the_norm_of_equal_norm_codes():
     g = torch.Generator().manual_seed(0)
     z0, z1 = torch.randn(128, generator=g), torch.randn(128, generator=g)
     z1 = z1 * z0.norm() / z1.norm()
-    path = inference.interpolate(z0, z1, 9, spherical=True)
+    path = interpolate(z0, z1, 9, spherical=True)
     assert torch.allclose(path.norm(dim=1), z0.norm().expand(9), rtol=1e-5)
 
 
@@ -99,8 +100,10 @@ def test_own_images_need_no_dataset(trained, tmp_path, capsys):
         Image.new("RGB", (40, 50), colour).save(tmp_path / name)
     # data.root points nowhere: reading any split would fail, so none is read.
     out = run(trained, tmp_path, "--images", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--steps", "6",
-              "data.dataset=celeba", f"data.root={tmp_path / 'no_celeba'}")
-    assert sorted(p.name for p in out.iterdir()) == ["morph.gif", "morph.png", "samples.png"]
+              "--align", "off", "data.dataset=celeba", f"data.root={tmp_path / 'no_celeba'}")
+    assert sorted(p.name for p in out.iterdir()) == ["aligned", "morph.gif", "morph.png", "samples.png"]
+    assert sorted(p.name for p in (out / "aligned").iterdir()) == ["a.png", "b.png"]
+    assert np.all(pixels(out / "aligned" / "a.png") == (220, 40, 40))
     morph = pixels(out / "morph.png")
     assert morph.shape[1::-1] == grid_size(6 + 2, 2)
     assert np.all(morph[PAD:PAD + SIZE, PAD:PAD + SIZE] == (220, 40, 40))  # the first image, left end
@@ -151,6 +154,6 @@ def test_morphs_interpolate_on_the_cpu_for_devices_without_float64(trained):
     model, _ = model_from_checkpoint(load_checkpoint(trained["checkpoint"]))
     a, b = torch.rand(2, 3, SIZE, SIZE)
     with torch.no_grad():
-        lerp, slerp = inference.morph_rows(OnMPS(model.eval()), a, b, steps=5)
-        expected = inference.morph_rows(model, a, b, steps=5)
+        lerp, slerp = morph_rows(OnMPS(model.eval()), a, b, steps=5)
+        expected = morph_rows(model, a, b, steps=5)
     assert torch.equal(lerp, expected[0]) and torch.equal(slerp, expected[1])

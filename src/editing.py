@@ -1,0 +1,232 @@
+"""Attribute edits in the latent space: along which direction, how far, and what else they change.
+
+Directions, per attribute indicator, from the posterior means mu of the labelled training images:
+- mean:        mean mu of images with the attribute minus mean mu of images without it;
+- normal:      the unit normal of a logistic regression of the attribute on mu (InterFaceGAN,
+               Shen et al. 2020, uses a linear SVM's the same way);
+- conditional: that normal with the normals of the --keep attributes projected out, so that the
+               latent classifiers of the kept attributes do not move (InterFaceGAN's conditional
+               manipulation).
+How far: a fixed strength s (mu + s * direction), or a target probability P: every code moves along
+its direction until the latent classifier gives P (1 - P to remove), in closed form since the
+classifier is linear, so a face that already half-smiles moves less than a frowning one.
+
+Whether an edit works is the independent judge's call (src/judge.py): success (the judge's decision
+moves to the intended side), and preservation (the fraction of (image, other attribute) pairs whose
+decision does not change, over the attributes the judge reads reliably).
+"""
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from src.attributes import indicators
+from src.dataset import ImageSplit
+from src.errors import UserError
+from src.latent import cached_arrays, decode, encode, file_digest
+
+METHODS = ("mean", "normal", "conditional")
+RELIABLE_ACCURACY = 0.85     # preservation counts the attributes the judge reads at least this well (balanced)
+CLASSIFIER_C = 1.0           # inverse L2 strength of the latent logistic regressions (scikit-learn's default)
+
+
+@dataclass
+class LatentAttributes:
+    """Every attribute's mean-difference direction and linear classifier on mu (arrays over A attributes)."""
+    names: list[str]
+    mean: np.ndarray         # (A, D) mean mu with - mean mu without
+    counts: np.ndarray       # (A, 2) images with, without
+    weights: np.ndarray      # (A, D) logistic regression: logit = mu @ w + b
+    biases: np.ndarray       # (A,)
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+    def logits(self, name: str, codes: np.ndarray) -> np.ndarray:
+        a = self.index(name)
+        return codes @ self.weights[a] + self.biases[a]
+
+
+@dataclass
+class Edit:
+    """How to edit: a direction method, and a fixed strength or a target probability."""
+    method: str = "mean"
+    strength: float | None = 1.0
+    target: float | None = None
+    keep: tuple[str, ...] = field(default_factory=tuple)
+
+    def describe(self) -> str:
+        how = f"to p = {self.target:g}" if self.target is not None else f"strength {self.strength:g}"
+        keep = f", keeping {' '.join(self.keep)}" if self.method == "conditional" and self.keep else ""
+        return f"{self.method} {how}{keep}"
+
+
+# --------------------------------------------------------------------------- fitting
+
+def fit_classifiers(codes: np.ndarray, labels: np.ndarray, c: float = CLASSIFIER_C) -> tuple[np.ndarray, np.ndarray]:
+    """A logistic regression per indicator column on the images whose label is known, with balanced
+    class weights (so p = 0.5 is a balanced decision even for rare attributes). NaN rows where a
+    column has only one side."""
+    from sklearn.linear_model import LogisticRegression
+    weights = np.full((labels.shape[1], codes.shape[1]), np.nan)
+    biases = np.full(labels.shape[1], np.nan)
+    for a, column in enumerate(labels.T):
+        known = ~np.isnan(column)
+        if len(np.unique(column[known])) < 2:
+            continue
+        fit = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(codes[known], column[known])
+        weights[a], biases[a] = fit.coef_[0], fit.intercept_[0]
+    return weights, biases
+
+
+def mean_difference(codes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per indicator column: mean code of images with it minus mean code of images without it.
+
+    codes (N, D); labels (N, A) of 0/1/NaN. Images whose label is unknown are left out. Returns the
+    directions (A, D) and the counts (A, 2) of images with and without; a direction with an empty
+    side is NaN.
+    """
+    directions = np.full((labels.shape[1], codes.shape[1]), np.nan)
+    counts = np.zeros((labels.shape[1], 2), dtype=np.int64)
+    for a, column in enumerate(labels.T):
+        with_it, without = codes[column == 1], codes[column == 0]
+        counts[a] = len(with_it), len(without)
+        if len(with_it) and len(without):
+            directions[a] = with_it.mean(0) - without.mean(0)
+    return directions, counts
+
+
+def latent_attributes(model, checkpoint: str | Path, train: ImageSplit, fit_rows: np.ndarray,
+                      cache_dir: str | Path, batch_size: int, device: torch.device) -> LatentAttributes:
+    """Directions and classifiers of every attribute, fitted on the training rows `fit_rows` (the
+    held-out ones excluded), once per checkpoint and data (cached under cache_dir). Attributes
+    without both sides among the fitted rows are left out."""
+    labels, names = indicators(train)
+    rows_digest = hashlib.sha256(np.asarray(fit_rows, dtype=np.int64).tobytes()).hexdigest()[:16]
+    key = {"checkpoint": file_digest(checkpoint), "data": train.data_id, "names": names, "rows": rows_digest,
+           "c": CLASSIFIER_C, "version": 2}
+    path = Path(cache_dir) / f"directions-{key['checkpoint'][:16]}-{train.data_id[:12]}-{rows_digest[:8]}.npz"
+
+    def compute() -> dict[str, np.ndarray]:
+        mu, _ = encode(model, train.images, batch_size, device, desc="encoding train for attribute directions")
+        codes, fit_labels = mu[fit_rows].astype(np.float64), labels[fit_rows]
+        mean, counts = mean_difference(codes, fit_labels)
+        print(f"fitting {len(names)} latent attribute classifiers on {len(codes)} training codes ...")
+        weights, biases = fit_classifiers(codes, fit_labels)
+        return {"mean": mean, "counts": counts, "weights": weights, "biases": biases}
+
+    arrays = cached_arrays(path, key, compute)
+    usable = [i for i in range(len(names))
+              if np.isfinite(arrays["mean"][i]).all() and np.isfinite(arrays["weights"][i]).all()]
+    return LatentAttributes([names[i] for i in usable], arrays["mean"][usable], arrays["counts"][usable],
+                            arrays["weights"][usable], arrays["biases"][usable])
+
+
+# --------------------------------------------------------------------------- directions and steps
+
+def project_out(vector: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """`vector` minus its least-squares projection on the span of the rows of `others` (k, D)."""
+    if len(others) == 0:
+        return vector
+    coefficients, *_ = np.linalg.lstsq(others.T, vector, rcond=None)
+    return vector - others.T @ coefficients
+
+
+def direction(attrs: LatentAttributes, name: str, method: str, keep: Sequence[str] = ()) -> np.ndarray:
+    """The (D,) direction that adds `name`: the mean difference, the classifier's unit normal, or that
+    normal orthogonal to the normals of the `keep` attributes (unit length)."""
+    a = attrs.index(name)
+    if method == "mean":
+        return attrs.mean[a]
+    normal = attrs.weights[a] / np.linalg.norm(attrs.weights[a])
+    if method == "normal":
+        return normal
+    if name in keep:
+        raise UserError(f"--keep {name}: an attribute cannot be edited and kept at once; drop it from --keep")
+    kept = attrs.weights[[attrs.index(k) for k in keep]] if keep else np.empty((0, len(normal)))
+    conditional = project_out(normal, kept)
+    size = np.linalg.norm(conditional)
+    if size < 1e-6:
+        raise UserError(f"the direction of {name} lies in the span of the kept attributes' directions; "
+                        "keep fewer attributes")
+    return conditional / size
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def steps_to_target(codes: np.ndarray, weights: np.ndarray, bias: float, towards: np.ndarray,
+                    probability: np.ndarray | float) -> np.ndarray:
+    """How far (N,) each code must move along `towards` for the classifier sigmoid(z @ w + b) to give
+    `probability` (closed form: the logit is linear along any line)."""
+    rate = float(towards @ weights)
+    if abs(rate) < 1e-9:
+        raise UserError("this direction does not change the attribute's latent classifier; use another --method")
+    target_logit = np.log(probability) - np.log1p(-np.asarray(probability, dtype=np.float64))
+    return (target_logit - (codes @ weights + bias)) / rate
+
+
+def edited(codes: np.ndarray, attrs: LatentAttributes, name: str, how: Edit, add: np.ndarray | bool = True
+           ) -> np.ndarray:
+    """Codes (N, D) edited to add `name` (where `add`) or remove it (elsewhere), as `how` says."""
+    d = direction(attrs, name, how.method, how.keep)
+    add = np.broadcast_to(np.asarray(add, dtype=bool), (len(codes),))
+    if how.target is None:
+        step = np.where(add, how.strength, -how.strength)
+    else:
+        a = attrs.index(name)
+        step = steps_to_target(codes, attrs.weights[a], attrs.biases[a], d,
+                               np.where(add, how.target, 1 - how.target))
+    return codes + step[:, None] * d
+
+
+def sweep(codes: np.ndarray, attrs: LatentAttributes, name: str, how: Edit, steps: int
+          ) -> tuple[np.ndarray, list[str]]:
+    """Codes (N, steps, D) for a figure and their column labels: strengths from -S to +S, or target
+    probabilities from 1 - P to P evenly spaced in logit."""
+    d = direction(attrs, name, how.method, how.keep)
+    if how.target is None:
+        strengths = np.linspace(-how.strength, how.strength, steps)
+        labels = ["s = 0" if abs(s) < 1e-9 else f"{s:+.2f}" for s in strengths]
+        return codes[:, None, :] + strengths[None, :, None] * d, labels
+    a = attrs.index(name)
+    probabilities = 1 / (1 + np.exp(-np.linspace(-logit(how.target), logit(how.target), steps)))
+    moves = [steps_to_target(codes, attrs.weights[a], attrs.biases[a], d, p) for p in probabilities]
+    return codes[:, None, :] + np.stack(moves, 1)[:, :, None] * d, [f"p = {p:.2g}" for p in probabilities]
+
+
+# --------------------------------------------------------------------------- judging an edit
+
+def judge_edit(decide: Callable[[np.ndarray], np.ndarray], codes: np.ndarray, labels: np.ndarray, column: int,
+               others: Sequence[int], edit: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> dict:
+    """Success and preservation of one edit of held-out codes.
+
+    decide(codes) -> the judge's 0/1 decisions (N, A) on the decoded images; labels: their 0/1/NaN
+    labels of attribute `column`; edit(codes, add) -> edited codes, adding where `add`, removing
+    elsewhere. Success: the decision on `column` moves to the intended side (from the unedited
+    reconstruction's, which is the baseline); preservation: the decisions on `others` stay as they were.
+    """
+    known = ~np.isnan(labels)
+    codes, has = codes[known], labels[known] == 1
+    after_codes = edit(codes, ~has)
+    before, after = decide(codes), decide(after_codes)
+    hits, base = after[:, column] != has, before[:, column] != has
+    others = [c for c in others if c != column]
+    kept = (before[:, others] == after[:, others]).mean() if others else math.nan
+    nan_mean = lambda x: float(x.mean()) if len(x) else math.nan
+    return {"success": nan_mean(hits), "success_add": nan_mean(hits[~has]), "success_remove": nan_mean(hits[has]),
+            "baseline": nan_mean(base), "preservation": float(kept),
+            "latent_distance": float(np.linalg.norm(after_codes - codes, axis=1).mean()),
+            "images": int(len(has)), "images_with": int(has.sum())}
+
+
+def judge_decisions(model, judge) -> Callable[[np.ndarray], np.ndarray]:
+    """codes -> the judge's decisions (probability > 0.5) on their decoded images."""
+    from src.judge import judge_probabilities
+    return lambda codes: (judge_probabilities(judge, decode(model, torch.from_numpy(codes).float())) > 0.5).numpy()
