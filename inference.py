@@ -63,10 +63,10 @@ from src.attributes import HeldOut, held_out, indicators, resolve
 from src.checkpoint import load_trained
 from src.config import Config, argument_parser
 from src.dataset import ImageSplit, load_split
-from src.editing import (METHODS, RELIABLE_ACCURACY, Edit, LatentAttributes, edited, judge_decisions, judge_edit,
-                         latent_attributes, sweep)
+from src.editing import (METHODS, RELIABLE_ACCURACY, Edit, LatentAttributes, edited, judge_methods, latent_attributes,
+                         sweep)
 from src.errors import DataError, UserError, run_cli
-from src.faces import Face, describe, model_input, open_photo, small_face_warning
+from src.faces import Face, describe, model_input, open_photo, small_face_warning, trained_on_aligned_faces
 from src.judge import accuracy, trained_judge
 from src.latent import (SAMPLERS, decode, dims_by_kl, encode, latent_codes, morph_rows, posterior_means, training_gmm,
                         traversal_codes)
@@ -166,11 +166,8 @@ def write_photo_edits(args, model, photos: list, inputs: torch.Tensor, names: li
 
 
 def aligns(args, cfg: Config) -> bool:
-    """--align auto: align where the model was trained on aligned photos (CelebA, or a folder with
-    data.align), not on the synthetic faces, which no face detector reads."""
-    if args.align != "auto":
-        return args.align == "on"
-    return cfg.data.dataset == "celeba" or (cfg.data.dataset == "folder" and cfg.data.align)
+    """--align on/off, or auto: as the model's training data was (src/faces.py, trained_on_aligned_faces)."""
+    return trained_on_aligned_faces(cfg.data) if args.align == "auto" else args.align == "on"
 
 
 # --------------------------------------------------------------------------- edits and traversals
@@ -228,18 +225,10 @@ def judge_edits(args, model, cfg: Config, checkpoint: Path, train: ImageSplit, h
     images, held_labels = np.asarray(source.images[held.rows[pick]]), held.labels[pick]
     mu = encode(model, images, cfg.train.batch_size, device, desc="encoding held-out images")[0].astype(np.float64)
     scores = accuracy(judge, images, held_labels, all_names)
-    reliable = [i for i, n in enumerate(all_names) if scores[n]["balanced_accuracy"] >= RELIABLE_ACCURACY]
-    decide = judge_decisions(model, judge)
-    results = {}
-    for name in names:
-        a = all_names.index(name)
-        results[name] = {"judge_accuracy": scores[name]["accuracy"],
-                         "judge_balanced_accuracy": scores[name]["balanced_accuracy"], "methods": {}}
-        for label, how in judged_edits(args, name, names).items():
-            edit = lambda codes, add, how=how: edited(codes, attrs, name, how, add)
-            results[name]["methods"][label] = judge_edit(decide, mu, held_labels[:, a], a, reliable, edit)
+    reliable, results = judge_methods(model, judge, attrs, mu, held_labels, all_names, scores,
+                                      {name: judged_edits(args, name, names) for name in names})
     report = {"checkpoint": str(checkpoint), "held_out": held.description,
-              "preservation_attributes": [all_names[i] for i in reliable], "attributes": results}
+              "preservation_attributes": reliable, "attributes": results}
     path = atomic_write(out_dir / "edits.json", lambda f: f.write(json.dumps(report, indent=2).encode()))
     print(f"\nedits judged on {held.description}: success = the judge's decision moves to the intended side "
           f"(add / remove); kept = decisions unchanged on the {len(reliable)} other attributes it reads with "

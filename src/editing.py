@@ -230,3 +230,22 @@ def judge_decisions(model, judge) -> Callable[[np.ndarray], np.ndarray]:
     """codes -> the judge's decisions (probability > 0.5) on their decoded images."""
     from src.judge import judge_probabilities
     return lambda codes: (judge_probabilities(judge, decode(model, torch.from_numpy(codes).float())) > 0.5).numpy()
+
+
+def judge_methods(model, judge, attrs: LatentAttributes, codes: np.ndarray, labels: np.ndarray, label_names: list[str],
+                  scores: dict[str, dict], edits: dict[str, dict[str, Edit]]) -> tuple[list[str], dict]:
+    """Every attribute's edits ({attribute: {label: Edit}}) judged on held-out codes (N, D) with their
+    0/1/NaN labels (N, A): (the attributes preservation counts, {attribute: judge accuracy and
+    {label: judge_edit()}}). Preservation counts the attributes the judge reads with balanced
+    accuracy of at least RELIABLE_ACCURACY (`scores`: src.judge.accuracy's)."""
+    reliable = [i for i, n in enumerate(label_names) if scores[n]["balanced_accuracy"] >= RELIABLE_ACCURACY]
+    decide = judge_decisions(model, judge)
+    results = {}
+    for name, methods in edits.items():
+        a = label_names.index(name)
+        results[name] = {"judge_accuracy": scores[name]["accuracy"],
+                         "judge_balanced_accuracy": scores[name]["balanced_accuracy"], "methods": {}}
+        for label, how in methods.items():
+            edit = lambda z, add, how=how: edited(z, attrs, name, how, add)
+            results[name]["methods"][label] = judge_edit(decide, codes, labels[:, a], a, reliable, edit)
+    return [label_names[i] for i in reliable], results

@@ -53,6 +53,12 @@ class Face:
         return np.stack([self.landmarks[0], self.landmarks[1], self.landmarks[3:5].mean(0)])
 
 
+def trained_on_aligned_faces(data) -> bool:
+    """Whether a model's training images (its config's data section) were faces aligned like CelebA's:
+    CelebA, or a folder with data.align; not the synthetic faces, which no face detector reads."""
+    return data.dataset == "celeba" or (data.dataset == "folder" and data.align)
+
+
 # --------------------------------------------------------------------------- reading photos
 
 def open_photo(source: str | Path | bytes, name: str | None = None) -> Image.Image:
