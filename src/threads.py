@@ -71,7 +71,8 @@ class ThreadTuner:
 
     Settled, it runs at one count and keeps the last SAMPLES per-image times. It measures after
     the first timed unit, after PERIOD_S seconds of work (doubling while the choice holds), and at
-    once when the current count runs DRIFT slower or faster than when it was chosen. A measurement
+    once when the current count runs DRIFT slower (if it can go down) or faster (if it can go up)
+    than when it was chosen. A measurement
     runs the neighbouring counts on the ladder (the next lower, the next higher) for SAMPLES units
     each after one untimed warm-up unit (one unit when it is CLEARLY_SLOWER), and moves to the
     fastest if it is MARGIN faster than the current count. A change of the kind of unit (record's
@@ -141,8 +142,10 @@ class ThreadTuner:
             return False
         if self.work >= self.period:
             return True
+        # A load that came (slower) can only favour fewer threads, one that left (faster) more of them.
         now = statistics.median(self.window)
-        return not (1 - DRIFT) * self.reference <= now <= (1 + DRIFT) * self.reference
+        slower, faster = now > (1 + DRIFT) * self.reference, now < (1 - DRIFT) * self.reference
+        return (slower and self.best > 1) or (faster and self.best < self.max_threads)
 
     def _start_probe(self) -> None:
         counts = sorted(set(ladder(self.max_threads)) | {self.best})

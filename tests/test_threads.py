@@ -134,3 +134,16 @@ def test_auto_starts_from_each_ranks_share_of_the_cores(monkeypatch):
         configure_threads(before, torch.device("cpu"), say=lambda line: None)
     with threads.timed(4):  # no tuner now: a no-op
         pass
+
+
+def test_only_a_speed_change_that_could_change_the_choice_triggers_a_measurement():
+    t, applied, _ = tuner()
+    run(t, BUSY, 20)
+    switches = len(applied)
+    run(t, {n: 3 * c for n, c in BUSY.items()}, 20)  # a heavier load at 1 thread: no fewer threads to try
+    assert t.threads == 1 and len(applied) == switches
+    t, applied, _ = tuner()
+    run(t, IDLE, 20)
+    switches = len(applied)
+    run(t, {n: c / 2 for n, c in IDLE.items()}, 20)  # all cores, and faster still: no more threads to try
+    assert t.threads == 2 and len(applied) == switches
