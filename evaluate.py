@@ -35,6 +35,7 @@ from src.latent import encode, latent_codes, training_gmm
 from src.metrics import (latent_usage, per_image_stats, plot_kl_per_dim, posterior_stats, reconstruction_quality,
                          summarize)
 from src.model import ConvVAE
+from src.threads import configure_threads
 from src.utils import atomic_write, ensure_writable_dir
 
 DISENTANGLEMENT_TRAIN = 10000  # training codes that fit MIG, DCI and SAP (disentanglement_lib uses 10,000)
@@ -164,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results_dir = ensure_writable_dir(cfg.paths.results_dir, "paths.results_dir")
     split = load_split(cfg, args.split)
     device = next(model.parameters()).device
+    configure_threads(cfg.train.threads, device)  # "auto" tunes on the encoder and Inception batches
 
     stats = per_image_stats(model, split.images, cfg.train.batch_size, device, seed=args.seed)
     summary = summarize(stats, pixels_per_image=split.images[0].size, t=cfg.train)

@@ -70,6 +70,7 @@ from src.faces import Face, describe, model_input, open_photo, small_face_warnin
 from src.judge import accuracy, trained_judge
 from src.latent import (SAMPLERS, decode, dims_by_kl, encode, latent_codes, morph_rows, posterior_means, training_gmm,
                         traversal_codes)
+from src.threads import configure_threads
 from src.utils import atomic_write, ensure_writable_dir, labelled_grid, save_image_grid, sweep_gif
 
 OUT_DIR = "inference_test_set"
@@ -328,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     user_images, photos = read_photos(args.images, cfg, aligns(args, cfg), out_dir) if args.images else (None, [])
     device = next(model.parameters()).device
     bs = cfg.train.batch_size
+    configure_threads(cfg.train.threads, device)  # "auto" tunes on the encoder and edit-judge batches
     print(f"{checkpoint} (epoch {state.get('epoch')}), {size}x{size} images, latent {model.latent_dim}")
     needs_train = args.sampler == "gmm" or args.edit
     train = load_split(cfg, "train") if needs_train else None

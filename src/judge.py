@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from src.attributes import held_out_mask
 from src.dataset import iterate_batches
+from src.threads import timed
 from src.utils import atomic_write, to_device
 
 JUDGE_EPOCHS = 12
@@ -79,12 +80,13 @@ def fit_judge(images: np.ndarray, labels: np.ndarray, device: torch.device, seed
         for start in range(0, len(order), JUDGE_BATCH):
             index = order[start:start + JUDGE_BATCH].sort().values.numpy()
             x = augment(to_device(torch.from_numpy(images[index]), device).float().div_(255), generator)
-            loss = F.binary_cross_entropy_with_logits(judge(x), to_device(targets[index], device),
-                                                      reduction="none", pos_weight=pos_weight)
-            loss = (loss * to_device(mask[index], device)).sum() / mask[index].sum().clamp_min(1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            with timed(len(index), "judge step"):
+                loss = F.binary_cross_entropy_with_logits(judge(x), to_device(targets[index], device),
+                                                          reduction="none", pos_weight=pos_weight)
+                loss = (loss * to_device(mask[index], device)).sum() / mask[index].sum().clamp_min(1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             schedule.step()
     return judge.eval()
 

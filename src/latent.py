@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from src.dataset import iterate_batches
 from src.model import ConvVAE
+from src.threads import timed
 from src.utils import atomic_write
 
 GMM_COMPONENTS = 10          # as the RAE paper and pythae
@@ -44,7 +45,8 @@ def encode(model: ConvVAE, images: np.ndarray, batch_size: int, device: torch.de
     mus, logvars = [], []
     batches = iterate_batches(images, batch_size, device)
     for x in tqdm(batches, total=math.ceil(len(images) / batch_size), desc=desc, leave=False):
-        mu, logvar = model.encode(x)
+        with timed(len(x), "encode"):
+            mu, logvar = model.encode(x)
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
     return torch.cat(mus).numpy(), torch.cat(logvars).numpy()

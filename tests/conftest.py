@@ -69,7 +69,8 @@ def tiny_config(tmp_path: Path, **sections) -> Config:
                  "cache_dir": str(tmp_path / "cache"), "num_workers": 0,
                  "synthetic_train": 48, "synthetic_val": 16, "synthetic_test": 16},
         "model": {"latent_dim": 8, "hidden_dims": [8, 16]},
-        "train": {"epochs": 1, "batch_size": 16, "device": "cpu", "seed": 0},
+        # a forced thread count: "auto" would make the numbers depend on the machine's load (src/threads.py)
+        "train": {"epochs": 1, "batch_size": 16, "device": "cpu", "seed": 0, "threads": 1},
         "paths": {"checkpoint_dir": str(tmp_path / "checkpoints"), "results_dir": str(tmp_path / "results")},
     }
     for section, values in sections.items():

@@ -1,8 +1,10 @@
 """The benchmark runs end to end on tiny data and reports every figure (speed is not asserted)."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from src import benchmark
 from src.dataset import load_split
 from src.errors import UserError
 from tests.conftest import make_celeba, tiny_config
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_benchmark_reports_all_three_paths(tmp_path, capsys):
@@ -44,4 +48,89 @@ def test_the_naive_path_decodes_like_the_project_even_without_a_crop(tmp_path):
 
 def test_the_benchmark_does_not_import_the_training_script():
     code = "import sys, src.benchmark; assert 'train' not in sys.modules, 'imports train.py'"
-    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, check=True)
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# ----------------------------------------------------------------------------- thread counts and busy programs
+
+HOLDS_BUSY_PROGRAMS = """
+import time
+from src.benchmark import busy_programs
+with busy_programs(2, limit_s=120) as procs:
+    print(" ".join(str(p.pid) for p in procs), flush=True)
+    time.sleep(120)
+"""
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (an ended child its new parent has not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_until_gone(pids: list[int], seconds: float = 10) -> bool:
+    deadline = time.time() + seconds
+    while any(running(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    return not any(running(pid) for pid in pids)
+
+
+def holder() -> tuple[subprocess.Popen, list[int]]:
+    """A process inside busy_programs(2, ...), with Ctrl-C at its default (a background test run ignores
+    SIGINT, and a child would inherit that), and the pids of its busy programs."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDS_BUSY_PROGRAMS], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    pids = [int(pid) for pid in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(running(pid) for pid in pids), proc.stderr.read()
+    return proc, pids
+
+
+def test_busy_programs_end_with_the_block_and_on_errors():
+    with benchmark.busy_programs(2, limit_s=120) as procs:
+        assert all(p.poll() is None for p in procs)
+    assert all(p.poll() is not None for p in procs)
+    with pytest.raises(RuntimeError):
+        with benchmark.busy_programs(1, limit_s=120) as procs:
+            raise RuntimeError("a failed measurement")
+    assert procs[0].poll() is not None
+
+
+def test_busy_programs_end_on_ctrl_c():
+    proc, pids = holder()
+    proc.send_signal(signal.SIGINT)  # to the benchmark alone: it must end its busy programs itself
+    proc.communicate(timeout=30)
+    assert proc.returncode != 0 and wait_until_gone(pids)
+
+
+def test_busy_programs_end_by_themselves_when_the_benchmark_is_killed_or_their_time_is_up():
+    proc, pids = holder()
+    proc.kill()  # kill -9: no finally runs
+    proc.wait()
+    assert wait_until_gone(pids)
+    with benchmark.busy_programs(1, limit_s=0.2) as procs:
+        procs[0].wait(timeout=30)
+
+
+def test_thread_counts_are_compared_idle_and_busy_on_synthetic_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "available_cores", lambda: 2)
+    tiny_config(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "benchmark.json").write_text(json.dumps({"images_per_second": {"compute": 1.0}}))
+    torch.set_num_threads(1)  # as a forced train.threads left it: the benchmark puts it back
+    benchmark.main(["--config", str(tmp_path / "config.json"), "--busy", "1", "--seconds", "0.2", "--batch-size", "4",
+                    "--work", "train", "decode"])
+    assert torch.get_num_threads() == 1
+    report = json.loads((tmp_path / "results" / "benchmark.json").read_text())
+    assert report["images_per_second"] == {"compute": 1.0}  # the other figures are kept
+    threads = report["threads"]
+    assert threads["cores"] == 2 and threads["busy_programs"] == 1 and threads["cpu"]
+    for work in ("train", "decode"):
+        for load in ("idle", "busy"):
+            figures = threads["work"][work][load]
+            assert all(figures[k] > 0 for k in ("1", "2", "auto")) and figures["best_fixed"] in (1, 2)
+            assert figures["auto_to_best_fixed"] == pytest.approx(figures["auto"] / figures[str(figures["best_fixed"])])
+            assert sum(figures["auto_units"].values()) > 0
+    assert "(auto): auto / the best fixed count" in capsys.readouterr().out

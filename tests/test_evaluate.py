@@ -45,10 +45,11 @@ def test_metrics_match_a_direct_computation_and_repeat(trained, tmp_path):
 
 
 def test_val_split_and_table(trained, tmp_path, capsys):
-    metrics = run(trained, tmp_path, "--split", "val")
+    metrics = run(trained, tmp_path, "--split", "val", "train.threads=2")
     assert metrics["split"] == "val"
     out = capsys.readouterr().out
     assert "total = recon + KL (-ELBO)" in out and "PSNR (dB)" in out
+    assert "threads 2 (train.threads=2)" in out  # every script applies train.threads
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train
-from src import training
+from src import threads, training
 from src.errors import NumericalError, run_cli
 from src.checkpoint import load_checkpoint
 from tests.conftest import make_celeba, tiny_config
@@ -60,12 +60,14 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
     assert history[-1]["train_total"] == pytest.approx(straight["history"][-1]["train_total"], rel=1e-6)
 
 
-def test_interrupt_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
-    config = slow_config(tmp_path, "straight", epochs=2)
+@pytest.mark.parametrize("thread_count", [1, 2])
+def test_interrupt_mid_epoch_resumes_exactly(tmp_path, monkeypatch, thread_count):
+    """Bitwise at any forced train.threads (for "auto" see test_auto_is_bitwise_the_run_...)."""
+    config = slow_config(tmp_path, "straight", epochs=2, threads=thread_count)
     train.main(["--config", str(config)])
     straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last_vae.pth")
 
-    config = slow_config(tmp_path, "interrupted", epochs=2)
+    config = slow_config(tmp_path, "interrupted", epochs=2, threads=thread_count)
     calls = {"n": 0}
     real_loss = training.vae_loss
 
@@ -222,6 +224,52 @@ def test_a_mid_epoch_resume_that_would_change_the_epoch_is_refused(tmp_path, mon
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
     assert last.read_bytes() == before
+
+
+def fake_clock(seconds: dict[int, float]):
+    """perf_counter for the thread tuner: every timed unit lasts seconds[the current thread count]."""
+    state = {"now": 0.0, "started": False}
+
+    def clock() -> float:
+        if state["started"]:
+            state["now"] += seconds[torch.get_num_threads()]
+        state["started"] = not state["started"]
+        return state["now"]
+    return clock
+
+
+def test_auto_is_bitwise_the_run_with_the_same_thread_count_at_every_step(tmp_path, monkeypatch):
+    """train.threads=auto changes the weights only through the counts it runs steps at (its timing uses
+    no RNG, no data, no step of its own), and resumes exactly: an auto run, interrupted mid-epoch and
+    resumed, ends bitwise like an uninterrupted run forced to the same count at every step. Timings
+    are fake (one thread twice as fast) so that auto measures and switches at known steps."""
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(threads, "perf_counter", fake_clock({1: 0.5, 2: 1.0}))
+    counts, real_step = [], train.train_step
+
+    def logged_step(*args):
+        counts.append(torch.get_num_threads())
+        return real_step(*args)
+
+    monkeypatch.setattr(train, "train_step", logged_step)
+    config = interrupted_run(tmp_path, monkeypatch, at_step=30, threads="auto")
+    train.main(["--config", str(config), "--resume"])
+    auto = load_checkpoint(tmp_path / "run" / "checkpoints" / "last_vae.pth")
+    assert len(counts) == 200 and counts[:2] == [2, 2] and counts.count(2) < 10  # 1 thread won, 2 re-measured
+    assert auto["history"][1]["threads"] == {str(n): counts[100:].count(n) for n in (1, 2)}
+
+    schedule = iter(list(counts))
+
+    def replayed_step(*args):
+        torch.set_num_threads(next(schedule))
+        return real_step(*args)
+
+    monkeypatch.setattr(train, "train_step", replayed_step)
+    config = slow_config(tmp_path, "replayed", epochs=2, threads=1)
+    train.main(["--config", str(config)])
+    replayed = load_checkpoint(tmp_path / "replayed" / "checkpoints" / "last_vae.pth")
+    assert all(torch.equal(auto["model"][k], replayed["model"][k]) for k in auto["model"])
+    assert next(schedule, None) is None
 
 
 def test_a_resume_may_move_the_data_cache_and_workers(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from src.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.conftest import make_celeba
 
 HISTORY_KEYS = {"epoch", "train_total", "train_recon", "train_kl", "val_total", "val_recon", "val_kl",
-                "lr", "grad_norm", "epoch_seconds", "images_per_second"}
+                "lr", "grad_norm", "epoch_seconds", "images_per_second", "threads"}
 
 
 @pytest.mark.parametrize("dataset", ["synthetic", "celeba"])
@@ -25,6 +25,7 @@ def test_one_epoch_writes_checkpoints_history_and_samples(tmp_path, config_file,
     assert history[0]["train_total"] == pytest.approx(history[0]["train_recon"] + 1.2 * history[0]["train_kl"],
                                                       rel=1e-4)
     assert history[0]["images_per_second"] > 0 and history[0]["grad_norm"] > 0
+    assert history[0]["threads"] == {"1": 3}  # steps at each CPU thread count (train.threads=1 in the tests)
     for name in ("best_vae.pth", "last_vae.pth"):
         state = load_checkpoint(tmp_path / "checkpoints" / name)
         assert state["epoch"] == 1 and state["history"] == history
@@ -32,6 +33,22 @@ def test_one_epoch_writes_checkpoints_history_and_samples(tmp_path, config_file,
         assert cfg.data.dataset == dataset and cfg.model.hidden_dims == [8, 16]
     samples = Image.open(tmp_path / "results" / "train_samples.png")
     assert samples.size == (8 * 18 + 2, 8 * 18 + 2)  # 8x8 grid of 16-px images, 2-px padding
+
+
+def test_auto_threads_say_what_they_chose_and_old_checkpoints_load(tmp_path, config_file, capsys):
+    path = str(config_file())
+    train.main(["--config", path, "train.threads=auto"])
+    out = capsys.readouterr().out
+    assert "threads " in out and "(auto: " in out  # the startup line (and the choice, once measured)
+    history = json.loads((tmp_path / "results" / "history.json").read_text())
+    assert sum(history[0]["threads"].values()) == 3
+    last = tmp_path / "checkpoints" / "last_vae.pth"
+    state = load_checkpoint(last)
+    del state["config"]["train"]["threads"]  # a checkpoint from before train.threads
+    torch.save(state, last)
+    assert model_from_checkpoint(load_checkpoint(last))[1].train.threads == "auto"  # the default
+    train.main(["--config", path, "--resume", "train.epochs=2"])
+    assert load_checkpoint(last)["epoch"] == 2
 
 
 def test_resume_continues_the_epoch_count(tmp_path, config_file):
