@@ -19,14 +19,16 @@ What the count changes: on the CPU the result of some reductions depends on how 
 across threads (BatchNorm's batch statistics in channels_last, convolution weight gradients in
 NCHW), so weights trained at different counts differ from the first step by float32 rounding. A
 forced count is bitwise reproducible; under "auto" a run is bitwise the run with the same count at
-every step (see the README's "Hardware" section).
+every step (see the README's "Hardware" section). So that an idle machine keeps the numbers of the
+full count, auto measures fewer threads only while other programs use the CPU (Linux: from
+/proc/stat, the CPU time of everything else; elsewhere it always measures).
 """
 
 import contextlib
 import os
 import statistics
 from collections import Counter, deque
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Callable, Iterator
 
 import torch
@@ -35,6 +37,7 @@ from tqdm import tqdm
 SAMPLES = 3          # timed units per count in a measurement (their median)
 MARGIN = 0.05        # another count must be this much faster to be chosen (hysteresis)
 CLEARLY_SLOWER = 1.3  # a probe stops after one unit this much slower than the current count
+OTHERS_BUSY = 0.5    # other programs using this many cores or more make fewer threads worth measuring
 DRIFT = 0.3          # the current count this much slower or faster than when chosen: the load changed, measure
 PERIOD_S = 60.0      # seconds of timed work between measurements; doubles while the choice holds ...
 MAX_PERIOD_S = 180.0  # ... up to this
@@ -62,6 +65,35 @@ def ladder(max_threads: int) -> list[int]:
     return sorted(counts)
 
 
+class OtherPrograms:
+    """Whether other programs are using the CPU: the cores they used since the last call (all CPU
+    time in /proc/stat minus this process's). Linux only; elsewhere always True (measure anyway)."""
+
+    def __init__(self):
+        self.last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                times = [int(v) for v in f.readline().split()[1:9]]
+            with open("/proc/self/stat") as f:
+                own = f.read().rsplit(")", 1)[1].split()  # the fields after the command name
+        except (OSError, ValueError, IndexError):
+            return None
+        busy = sum(times) - times[3] - times[4]  # all but idle and iowait
+        return busy, int(own[11]) + int(own[12]), monotonic()  # utime + stime of every thread
+
+    def __call__(self) -> bool:
+        now = self._read()
+        if now is None or self.last is None:
+            return True
+        (busy0, mine0, t0), (busy1, mine1, t1) = self.last, now
+        self.last = now
+        cores = ((busy1 - busy0) - (mine1 - mine0)) / os.sysconf("SC_CLK_TCK") / max(t1 - t0, 1e-3)
+        return cores >= OTHERS_BUSY
+
+
 def _plural(n: int) -> str:
     return f"{n} thread" + ("" if n == 1 else "s")
 
@@ -79,14 +111,17 @@ class ThreadTuner:
     `kind`) or boundary() abandons a measurement: timings of different work are not compared.
     Never below 1 or above max_threads.
 
+    At the full count it measures only while others_busy() says other programs use the CPU: alone,
+    fewer threads are never faster, and never measuring keeps a forced full count's numbers.
+
     apply(n) sets the count (torch.set_num_threads); say(line) reports the first choice and every change.
     """
 
     def __init__(self, max_threads: int, start: int | None = None, apply: Callable[[int], None] = torch.set_num_threads,
-                 say: Callable[[str], None] = print):
+                 say: Callable[[str], None] = print, others_busy: Callable[[], bool] = lambda: True):
         self.max_threads = max(1, max_threads)
         self.best = min(self.max_threads, max(1, start or self.max_threads))
-        self.apply, self.say = apply, say
+        self.apply, self.say, self.others_busy = apply, say, others_busy
         self.units = Counter()           # units run at each count (what a run reports)
         self.period, self.work = PERIOD_S, 0.0
         self.window = deque(maxlen=SAMPLES)
@@ -135,6 +170,8 @@ class ThreadTuner:
 
     def _due(self) -> bool:
         if self.max_threads == 1 or not self.window:
+            return False
+        if self.best == self.max_threads and not self.others_busy():
             return False
         if not self.decided:  # the first choice: one unit at the start count, as a slow count may cost a lot
             return True
@@ -215,9 +252,10 @@ def configure_threads(setting: int | str, device: torch.device, say: Callable[[s
     whose = f"{available_cores()} cores / {ranks} ranks" if ranks > 1 else f"{available_cores()} cores"
     ignored = f"; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} ignored, train.threads=N forces a count" \
         if "OMP_NUM_THREADS" in os.environ else ""
-    _active = ThreadTuner(share, say=say)
+    _active = ThreadTuner(share, say=say, others_busy=OtherPrograms())
     others = [n for n in ladder(share) if n != share][-1:]
-    plan = f"times {share} against {others[0]} and keeps the faster" if others else "nothing to choose"
+    plan = f"while other programs use the CPU, times {share} against {others[0]} and keeps the faster" \
+        if others else "nothing to choose"
     say(f"threads {share} (auto: {whose}; {plan}{ignored})")
     return _active
 

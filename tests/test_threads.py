@@ -126,7 +126,8 @@ def test_auto_starts_from_each_ranks_share_of_the_cores(monkeypatch):
     try:
         tuner = configure_threads("auto", torch.device("cpu"), say=said.append)
         assert tuner.max_threads == 4 and torch.get_num_threads() == 4
-        assert said == ["threads 4 (auto: 8 cores / 2 ranks; times 4 against 2 and keeps the faster)"]
+        assert said == ["threads 4 (auto: 8 cores / 2 ranks; while other programs use the CPU, times 4 against 2 and "
+                        "keeps the faster)"]
         with threads.timed(4, "step"):  # the module-level timed() feeds the active tuner
             pass
         assert tuner.units == {4: 1}
@@ -147,3 +148,28 @@ def test_only_a_speed_change_that_could_change_the_choice_triggers_a_measurement
     switches = len(applied)
     run(t, {n: c / 2 for n, c in IDLE.items()}, 20)  # all cores, and faster still: no more threads to try
     assert t.threads == 2 and len(applied) == switches
+
+
+def test_alone_on_the_machine_it_never_tries_fewer_threads_so_the_numbers_are_the_full_counts():
+    load = {"busy": False}
+    t, applied, said = tuner(others_busy=lambda: load["busy"])
+    run(t, IDLE, 1000)
+    assert applied == [2] and said == [] and t.units == {2: 1000}  # bitwise the run of a forced 2
+    load["busy"] = True  # another program starts: now it measures, and moves
+    run(t, BUSY, 20)
+    assert t.threads == 1
+    load["busy"] = False  # at fewer threads it measures upward whatever the others do
+    run(t, IDLE, 1000)
+    assert t.threads == 2
+
+
+def test_other_programs_cpu_time_is_read_from_proc(monkeypatch):
+    readings = iter([(1000, 100, 0.0), (1000 + 300, 100 + 100, 1.0), (1300 + 110, 200 + 100, 2.0)])
+    monkeypatch.setattr(threads.OtherPrograms, "_read", staticmethod(lambda: next(readings)))
+    monkeypatch.setattr(threads.os, "sysconf", lambda name: 100)  # 100 jiffies a second
+    others = threads.OtherPrograms()
+    assert others() is True    # 300 jiffies in all, 100 of them ours: others used 2 cores
+    assert others() is False   # 110 in all, 100 ours: 0.1 core
+    monkeypatch.undo()
+    real = threads.OtherPrograms()
+    assert real() in (True, False)  # on Linux a real reading; elsewhere True
