@@ -63,20 +63,18 @@ from src.attributes import HeldOut, held_out, indicators, resolve
 from src.checkpoint import load_trained
 from src.config import Config, argument_parser
 from src.dataset import ImageSplit, load_split
-from src.editing import (METHODS, RELIABLE_ACCURACY, Edit, LatentAttributes, edited, judge_decisions, judge_edit,
-                         latent_attributes, sweep)
+from src.editing import (DEFAULT_METHOD, DEFAULT_TARGET, METHODS, RELIABLE_ACCURACY, Edit, LatentAttributes, edited,
+                         judge_decisions, judge_edit, latent_attributes, sweep)
 from src.errors import DataError, UserError, run_cli
 from src.faces import Face, describe, model_input, open_photo, small_face_warning
 from src.judge import accuracy, trained_judge
-from src.latent import (SAMPLERS, decode, dims_by_kl, encode, latent_codes, morph_rows, posterior_means, training_gmm,
-                        traversal_codes)
+from src.latent import (SAMPLERS, TRAVERSE_RANGE, decode, dims_by_kl, encode, latent_codes, morph_rows, posterior_means,
+                        training_gmm, traversal_codes)
 from src.utils import atomic_write, ensure_writable_dir, labelled_grid, save_image_grid, sweep_gif
 
 OUT_DIR = "inference_test_set"
 RECON_IMAGES, RECON_ROW = 16, 8      # reconstructions.png: 2 blocks of 8
 EDIT_JUDGE_IMAGES = 1000             # at most this many held-out images per attribute for edits.json
-TRAVERSE_RANGE = 3.0                 # traversals run from -3 to +3 prior standard deviations
-DEFAULT_METHOD, DEFAULT_TARGET = "conditional", 0.9   # chosen by measurement: README, "Steering"
 PHOTO_PANEL = 192                    # pixels per image in photo_edits.png
 
 
