@@ -8,6 +8,7 @@
     python inference.py --images me.jpg --edit Smiling Eyeglasses   # edit your own photo
     python inference.py --edit Smiling --judge           # + edits.json: do the edits work, what do they keep?
     python inference.py --edit hat --traverse --from-prior   # edit and traverse generated faces only
+    python inference.py --serve                          # the face editor in the browser: http://127.0.0.1:7860
 
 Writes to {paths.results_dir}/inference_test_set/:
 
@@ -47,6 +48,10 @@ found and aligned like CelebA, src/faces.py, then cropped and resized like the t
 morph runs between consecutive pairs (it needs two), reconstructions.png is skipped, and no dataset
 is read unless edits, traversals or the gmm sampler need it.
 Everything is deterministic: no z is sampled except the seeded prior or mixture samples.
+
+With --serve nothing is written: the face editor (src/editor.py) serves a page on --host:--port
+(127.0.0.1:7860) where photos are uploaded and edited with sliders, samples drawn, faces morphed and
+dimensions traversed; --align, --method and --target apply to it as to the figures.
 """
 
 import json
@@ -63,21 +68,19 @@ from src.attributes import HeldOut, held_out, indicators, resolve
 from src.checkpoint import load_trained
 from src.config import Config, argument_parser
 from src.dataset import ImageSplit, load_split
-from src.editing import (METHODS, RELIABLE_ACCURACY, Edit, LatentAttributes, edited, judge_methods, latent_attributes,
-                         sweep)
+from src.editing import (DEFAULT_METHOD, DEFAULT_TARGET, METHODS, RELIABLE_ACCURACY, Edit, LatentAttributes, edited,
+                         judge_methods, latent_attributes, sweep)
 from src.errors import DataError, UserError, run_cli
 from src.faces import Face, describe, model_input, open_photo, small_face_warning, trained_on_aligned_faces
 from src.judge import accuracy, trained_judge
-from src.latent import (SAMPLERS, decode, dims_by_kl, encode, latent_codes, morph_rows, posterior_means, training_gmm,
-                        traversal_codes)
+from src.latent import (SAMPLERS, TRAVERSE_RANGE, decode, dims_by_kl, encode, latent_codes, morph_rows, posterior_means,
+                        training_gmm, traversal_codes)
 from src.threads import configure_threads
 from src.utils import atomic_write, ensure_writable_dir, labelled_grid, save_image_grid, sweep_gif
 
 OUT_DIR = "inference_test_set"
 RECON_IMAGES, RECON_ROW = 16, 8      # reconstructions.png: 2 blocks of 8
 EDIT_JUDGE_IMAGES = 1000             # at most this many held-out images per attribute for edits.json
-TRAVERSE_RANGE = 3.0                 # traversals run from -3 to +3 prior standard deviations
-DEFAULT_METHOD, DEFAULT_TARGET = "conditional", 0.9   # chosen by measurement: README, "Steering"
 PHOTO_PANEL = 192                    # pixels per image in photo_edits.png
 
 
@@ -302,6 +305,12 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--traverse-steps", type=int, default=7, help="values from -3 to +3 (default 7)")
     parser.add_argument("--from-prior", action="store_true",
                         help="edit --sampler samples and traverse around z = 0: the figures hold no dataset pixels")
+    parser.add_argument("--serve", action="store_true",
+                        help="serve the face editor in the browser instead of writing figures (src/editor.py)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="--serve: address to listen on (default 127.0.0.1: this machine only; any other "
+                             "lets anyone on the network use it)")
+    parser.add_argument("--port", type=int, default=7860, help="--serve: port (default 7860; 0: any free one)")
     args = parser.parse_args(argv)
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise UserError(f"--temperature must be a number > 0, got {args.temperature}")
@@ -318,11 +327,28 @@ def parse_args(argv: Sequence[str] | None):
         raise UserError(f"--edit-steps must be odd (so that s = 0 is shown), got {args.edit_steps}")
     if args.judge and not args.edit:
         raise UserError("--judge scores edits: name the attributes with --edit")
+    if not 0 <= args.port < 2**16:
+        raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     return args
+
+
+def serve_editor(args) -> None:
+    """--serve: the face editor on --host:--port until Ctrl-C."""
+    from src.editor import create_app, listen, serve  # fastapi and uvicorn: only when serving
+    sock = listen(args.host, args.port)
+    model, cfg, state, checkpoint = load_trained(args)
+    configure_threads(cfg.train.threads, next(model.parameters()).device)  # "auto" tunes on the decodes
+    print(f"{checkpoint} (epoch {state.get('epoch')}), {cfg.data.image_size}x{cfg.data.image_size} images, "
+          f"latent {model.latent_dim}; photos {'aligned like CelebA' if aligns(args, cfg) else 'not aligned'}")
+    app = create_app(model, cfg, checkpoint, aligns(args, cfg), host=args.host, method=args.method,
+                     target=args.target)
+    serve(app, sock, args.host)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.serve:
+        return serve_editor(args)
     model, cfg, state, checkpoint = load_trained(args)
     size = cfg.data.image_size
     out_dir = ensure_writable_dir(Path(cfg.paths.results_dir) / OUT_DIR, "paths.results_dir")

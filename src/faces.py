@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from src.dataset import CELEBA_WIDTH, preprocess, to_rgb
 from src.errors import UserError
@@ -33,6 +33,7 @@ TEMPLATE_EYE_DISTANCE = CELEBA_POINTS[1, 0] - CELEBA_POINTS[0, 0]   # 37.5 px
 DETECT_SIDE = 800            # the detector's copy of a photo is at most this many pixels on its long side
 MAX_FRAME_SCALE = 8          # aligned frames of big faces keep up to 8x CelebA's resolution before the resize
 MAX_PHOTO_PIXELS = 64_000_000  # a larger image is refused before it is decoded (decompression bombs)
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")  # what the editor accepts: no plugin that runs a program
 UNREADABLE = {".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF", ".cr2": "Canon raw", ".nef": "Nikon raw",
               ".dng": "DNG raw", ".svg": "SVG", ".pdf": "PDF"}
 
@@ -61,12 +62,14 @@ def trained_on_aligned_faces(data) -> bool:
 
 # --------------------------------------------------------------------------- reading photos
 
-def open_photo(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+def open_photo(source: str | Path | bytes, name: str | None = None,
+               formats: Sequence[str] | None = None) -> Image.Image:
     """An 8-bit RGB photo, turned upright by its EXIF orientation. `source` is a path or the file's
-    bytes; anything unreadable is a one-line UserError naming the file (and the format, where known)."""
+    bytes; `formats` limits the decoders PIL may try (None: all). Anything unreadable is a one-line
+    UserError naming the file (and the format, where known)."""
     name = name or str(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=formats) as img:
             if img.width * img.height > MAX_PHOTO_PIXELS:  # checked on the header, before decoding
                 raise UserError(f"image '{name}' has {img.width}x{img.height} pixels, more than "
                                 f"{MAX_PHOTO_PIXELS // 10**6} megapixels; pass a smaller copy")
@@ -78,6 +81,8 @@ def open_photo(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         raise UserError(f"image '{name}' not found; pass existing image files to --images") from None
     except Exception as e:  # not an image, truncated, a directory, unreadable ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, UnidentifiedImageError):  # PIL's message names a file object, not the file
+            reason = "not an image of a known format"
         fmt = UNREADABLE.get(Path(name).suffix.lower())
         what = f"{fmt} images are not supported: convert it to JPEG or PNG" if fmt else "pass a JPEG, PNG or WebP file"
         raise UserError(f"cannot read image '{name}' ({reason}); {what}") from None

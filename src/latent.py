@@ -26,6 +26,7 @@ from src.utils import atomic_write
 GMM_COMPONENTS = 10          # as the RAE paper and pythae
 GMM_COVARIANCE = "full"
 SAMPLERS = ("prior", "gmm")
+TRAVERSE_RANGE = 3.0         # traversals run from -3 to +3 prior standard deviations
 
 
 def file_digest(path: str | Path) -> str:
@@ -158,12 +159,18 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, spherical: bool 
     in a region the prior rarely samples). When sin(w) is ~0 (parallel or opposite codes) or a code
     is ~0, the angle is undefined or the formula unstable, and slerp falls back to the linear path.
     """
-    if z0.dim() != 1 or z0.shape != z1.shape:
-        raise ValueError(f"z0 and z1 must be 1-D codes of the same size, got {tuple(z0.shape)} and {tuple(z1.shape)}")
     if steps < 2:
         raise ValueError(f"steps must be at least 2 (both endpoints), got {steps}")
+    return interpolate_at(z0, z1, torch.linspace(0, 1, steps, dtype=torch.float64), spherical)
+
+
+def interpolate_at(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor, spherical: bool = False) -> torch.Tensor:
+    """The codes at fractions `t` (T,) of the way from z0 to z1 as interpolate() goes: (T, D); t = 0
+    and t = 1 give z0 and z1 exactly (the morph slider of the editor asks for any t)."""
+    if z0.dim() != 1 or z0.shape != z1.shape:
+        raise ValueError(f"z0 and z1 must be 1-D codes of the same size, got {tuple(z0.shape)} and {tuple(z1.shape)}")
     a, b = z0.double(), z1.double()  # float64: the angle of nearly parallel codes needs the precision
-    t = torch.linspace(0, 1, steps, dtype=torch.float64, device=z0.device)[:, None]
+    t = t.to(dtype=torch.float64, device=a.device).reshape(-1, 1)
     path = (1 - t) * a + t * b
     if spherical:
         norms = a.norm() * b.norm()
@@ -172,7 +179,7 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, spherical: bool 
             sin_omega = torch.sin(omega)
             if sin_omega > 1e-6:
                 path = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / sin_omega
-    path[0], path[-1] = a, b  # exact endpoints, whatever the rounding
+    path[t[:, 0] == 0], path[t[:, 0] == 1] = a, b  # exact endpoints, whatever the rounding
     return path.to(z0.dtype)
 
 

@@ -1,7 +1,15 @@
-"""Shared fixtures: tiny CelebA-style trees and fast configs, all inside tmp_path."""
+"""Shared fixtures: tiny CelebA-style trees and fast configs, all inside tmp_path; the editor served on
+a free port, and headless Chromium driven by playwright (its fixtures live here: a second
+sync_playwright() in another module fails)."""
 
 import json
+import os
+import shutil
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -101,3 +109,79 @@ def trained(tmp_path_factory) -> dict:
     config = root / "config.json"
     train.main(["--config", str(config)])
     return {"dir": root, "config": config, "checkpoint": Path(cfg.paths.checkpoint_dir) / "best_vae.pth"}
+
+
+# --------------------------------------------------------------------------- the editor and a real browser
+
+@contextmanager
+def serving(app):
+    """Serve a FastAPI app with uvicorn on a free port of 127.0.0.1 in a thread; yields its URL."""
+    import uvicorn
+    from src.editor import listen
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the editor's server did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+# Headless, and nothing of Chromium's own reaches out (updates, sync, field trials, crash reports).
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-default-apps", "--disable-extensions", "--no-first-run", "--metrics-recording-only",
+                 "--disable-features=Translate,OptimizationHints,MediaRouter"]
+
+
+def chromium_or_skip() -> str:
+    """The system Chromium's path. Without it (or the playwright package) the browser tests skip, saying
+    how to enable them; under CI (the CI variable set, as .ci/run does) they fail instead."""
+    missing = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing = "the playwright package is missing (pip install -r requirements.txt)"
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if missing is None and path is None:
+        missing = ("no system Chromium: install it (Debian/Ubuntu: apt-get install -y --no-install-recommends "
+                   "chromium) to run them; `playwright install` is not needed")
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests cannot run under CI: {missing}")
+        pytest.skip(f"browser test skipped: {missing}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (the system's, via playwright's executable_path), shared by the browser tests."""
+    path = chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser page whose `requests` lists every URL it asked for (tests check they stay local)."""
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    page = context.new_page()
+    page.requests = []
+    page.on("request", lambda request: page.requests.append(request.url))
+    yield page
+    context.close()
+
+
+def left_this_machine(urls: list[str]) -> list[str]:
+    """The URLs that went anywhere but 127.0.0.1 (data: and blob: URLs never leave the page)."""
+    return [u for u in urls if urlsplit(u).scheme not in ("data", "blob") and urlsplit(u).hostname != "127.0.0.1"]

@@ -11,7 +11,7 @@ from torch import nn
 import inference
 from src.attributes import binarize, held_out_mask, resolve
 from src.editing import (Edit, LatentAttributes, direction, edited, fit_classifiers, judge_decisions, judge_edit,
-                         mean_difference, steps_to_target, sweep)
+                         logit, mean_difference, slider_codes, steps_to_target, sweep)
 from src.errors import UserError, run_cli
 from src.judge import Judge, trained_judge
 from src.latent import dims_by_kl, traversal_codes
@@ -99,6 +99,27 @@ def test_sweeps_run_over_strengths_or_target_probabilities():
     targeted, labels = sweep(codes[:2], attrs, "a", Edit("normal", None, 0.9), 3)
     assert labels == ["p = 0.1", "p = 0.5", "p = 0.9"]
     np.testing.assert_allclose(1 / (1 + np.exp(-attrs.logits("a", targeted[:, 2]))), 0.9, atol=1e-6)
+
+
+def test_sliders_end_where_edited_puts_a_face_and_conditional_ones_do_not_disturb_each_other():
+    codes, attrs = constructed_attributes()
+    codes = codes[:50]
+    for method in ("mean", "normal", "conditional"):
+        for v, add in ((1.0, True), (-1.0, False)):
+            keep = ("b",) if method == "conditional" else ()
+            np.testing.assert_allclose(slider_codes(codes, attrs, {"a": v, "b": 0.0}, method, target=0.9),
+                                       edited(codes, attrs, "a", Edit(method, None, 0.9, keep), add), atol=1e-9)
+    assert np.array_equal(slider_codes(codes, attrs, {"a": 0.0, "b": 0.0}, "normal"), codes)  # the middle: as it is
+    # conditional: each attribute moves the fraction of the way its own slider says, whatever the other does
+    moved = slider_codes(codes, attrs, {"a": 0.5, "b": -1.0, "c": 0.0}, "conditional", target=0.9)
+    before = {n: attrs.logits(n, codes) for n in "abc"}
+    np.testing.assert_allclose(attrs.logits("a", moved), before["a"] + 0.5 * (logit(0.9) - before["a"]), atol=1e-9)
+    np.testing.assert_allclose(attrs.logits("b", moved), logit(0.1), atol=1e-9)
+    np.testing.assert_allclose(attrs.logits("c", moved), before["c"], atol=1e-9)
+    strength = slider_codes(codes, attrs, {"a": -0.5}, "mean", target=None, strength=2.0)
+    np.testing.assert_allclose(strength - codes, np.tile(-1.0 * attrs.mean[0], (50, 1)))
+    with pytest.raises(UserError, match="between -1 and 1"):
+        slider_codes(codes, attrs, {"a": 1.5}, "mean")
 
 
 def test_edit_and_traversal_codes():

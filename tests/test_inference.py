@@ -7,7 +7,7 @@ from PIL import Image
 
 import inference
 from src.errors import run_cli
-from src.latent import interpolate, morph_rows
+from src.latent import interpolate, interpolate_at, morph_rows
 
 SIZE, PAD = 16, 2  # the `trained` fixture's image_size; save_image_grid's padding
 
@@ -85,6 +85,15 @@ def test_interpolate_endpoints_and_norms():
     for a, b in [(z0, 2 * z0), (torch.zeros(3), z1)]:
         path = interpolate(a, b, 4, spherical=True)
         assert torch.allclose(path, interpolate(a, b, 4, spherical=False))
+
+
+def test_interpolate_at_any_fraction_is_the_path_interpolate_takes():
+    g = torch.Generator().manual_seed(1)
+    z0, z1 = torch.randn(16, generator=g), torch.randn(16, generator=g)
+    for spherical in (False, True):
+        path = interpolate(z0, z1, 5, spherical)
+        assert torch.allclose(interpolate_at(z0, z1, torch.tensor([0.0, 0.25, 1.0]), spherical), path[[0, 1, 4]])
+        assert torch.equal(interpolate_at(z0, z1, torch.tensor([1.0]), spherical)[0], z1)  # exact ends
 
 
 def test_slerp_keeps_the_norm_of_equal_norm_codes():

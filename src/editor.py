@@ -1,0 +1,428 @@
+"""The face editor in the browser: one static page and a few JSON/PNG endpoints over src/'s model code.
+
+    python inference.py --serve                      # checkpoints/best_vae.pth on http://127.0.0.1:7860
+    python inference.py --serve --checkpoint checkpoints/gaussian/best_vae.pth --port 8000
+
+The page (src/static/: HTML, CSS and plain JavaScript, nothing loaded from elsewhere) has four tabs:
+Edit (a photo or a generated face, a slider per attribute), Sample (a prior or GMM grid), Morph
+(slerp between two faces) and Traverse (one latent dimension from -3 to +3). What the model does is
+src/'s: alignment (faces.py), directions and slider edits (editing.py), sampling, slerp and
+traversals (latent.py); this module keeps each browser's codes and speaks HTTP.
+
+Endpoints (errors are JSON {"error": "one line"} with a 4xx status, shown on the page):
+    GET  /  /editor.js  /editor.css     the page, served from memory (no client path reaches the disk)
+    GET  /api/info                      attributes, methods, samplers, dimensions by KL, limits
+    POST /api/upload/{edit|a|b}         the image file as the body -> the face encoded once, kept
+    POST /api/generated/{edit|a|b}      {sampler, temperature, seed, n, index} -> that sample, kept
+    POST /api/samples                   {sampler, temperature, seed, n} -> {"images": [PNG data URLs]}
+    POST /api/edit                      {values: {attribute: -1..1}, method, target | strength} -> PNG
+    POST /api/morph                     {t: 0..1} -> PNG (slerp from face a to face b)
+    POST /api/traverse                  {dim, value: -3..3} -> PNG (around the edited face, or z = 0)
+
+Safe by default: the server binds 127.0.0.1 and answers only requests addressed to a loopback name
+(no DNS rebinding); uploads are capped in bytes (while reading) and pixels (before decoding), and
+only JPEG, PNG, WebP, GIF and BMP decoders run; nothing is written to disk; the sessions (a random
+cookie each, holding a few codes: a few KB) are bounded, the least recently used dropped.
+"""
+
+import base64
+import io
+import ipaddress
+import json
+import os
+import secrets
+import socket
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from src.attributes import held_out, resolve
+from src.config import Config
+from src.dataset import load_split
+from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, METHODS, LatentAttributes, latent_attributes, slider_codes
+from src.errors import UserError
+from src.faces import MAX_PHOTO_PIXELS, PHOTO_FORMATS, describe, model_input, open_photo, small_face_warning
+from src.latent import (SAMPLERS, TRAVERSE_RANGE, decode, dims_by_kl, encode, interpolate_at, latent_codes,
+                        posterior_means, training_gmm, traversal_codes)
+from src.threads import timed
+from src.utils import to_uint8
+
+STATIC = Path(__file__).resolve().parent / "static"
+PAGES = {"/": ("editor.html", "text/html; charset=utf-8"), "/editor.js": ("editor.js", "text/javascript"),
+         "/editor.css": ("editor.css", "text/css")}
+# The page may load only from this server: a browser refuses anything else, whatever the page says.
+CSP = "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; connect-src 'self'"
+MAX_UPLOAD_BYTES = 10 << 20      # a larger upload is refused while it is read
+MAX_SESSIONS = 64                # browsers whose faces are kept; the least recently used go first
+MAX_SAMPLES = 64                 # faces per sample grid
+KL_IMAGES = 2000                 # test images whose mean KL ranks the latent dimensions
+SHOWN = 5                        # sliders the Edit tab starts with
+FIRST_SHOWN = ("Smiling", "Eyeglasses", "Male", "Wearing_Hat", "Blond_Hair",   # CelebA (README, "Steering")
+               "glasses", "hat", "smile>median", "face_width>median", "hair_colour=0")  # the synthetic faces
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+COOKIE = "vae_editor_session"
+Slot = Literal["edit", "a", "b"]
+
+Image.MAX_IMAGE_PIXELS = MAX_PHOTO_PIXELS  # PIL's own bomb check (it refuses at twice this) agrees with ours
+
+
+# --------------------------------------------------------------------------- what the page needs, fitted once
+
+@dataclass
+class Fitted:
+    """What the training data gives the page: directions, the GMM, the dimensions by mean KL (largest first)."""
+    attrs: LatentAttributes | None
+    gmm: dict | None
+    dims: list[tuple[int, float | None]]
+    notes: list[str] = field(default_factory=list)
+
+
+def fit(model, cfg: Config, checkpoint: Path) -> Fitted:
+    """Directions and the mixture as inference.py fits them (cached under data.cache_dir, so only the
+    first start of a checkpoint fits them), and the dimensions ranked on up to KL_IMAGES test images.
+    Without training data or labels the page still samples, morphs and traverses, and says why."""
+    device, bs = model.fc_mu.weight.device, cfg.train.batch_size
+    attrs, gmm, notes = None, None, []
+    try:
+        train, test = load_split(cfg, "train"), load_split(cfg, "test")
+    except UserError as e:
+        notes.append(f"no edits, no GMM sampler and dimensions unranked: the training data is not readable ({e})")
+        return Fitted(None, None, [(d, None) for d in range(model.latent_dim)], notes)
+    gmm = training_gmm(model, checkpoint, train.images, train.data_id, cfg.data.cache_dir, bs, device)
+    try:
+        held = held_out("test", test, train)  # inference.py's default split: the same cached directions
+        attrs = latent_attributes(model, checkpoint, train, held.fit_rows, cfg.data.cache_dir, bs, device)
+    except UserError as e:
+        notes.append(f"no edits: {e}")
+    ranked = test if len(test) else train
+    rows = np.linspace(0, len(ranked) - 1, min(KL_IMAGES, len(ranked))).astype(int)
+    mu, logvar = encode(model, np.asarray(ranked.images[rows]), bs, device, desc="ranking latent dimensions by KL")
+    return Fitted(attrs, gmm, dims_by_kl(mu, logvar, model.latent_dim), notes)
+
+
+def first_shown(names: list[str]) -> list[str]:
+    """The attributes the Edit tab starts with: the README's, where the data has them, then the first others."""
+    chosen = [n for n in FIRST_SHOWN if n in names][:SHOWN]
+    return chosen + [n for n in names if n not in chosen][:SHOWN - len(chosen)]
+
+
+# --------------------------------------------------------------------------- sessions
+
+class Sessions:
+    """Each browser's faces (slot -> code, a few KB), keyed by a random cookie; beyond `cap` the least
+    recently used session is dropped, so memory stays flat however many browsers come and go."""
+
+    def __init__(self, cap: int = MAX_SESSIONS):
+        self.cap, self._items, self._lock = cap, OrderedDict(), threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str | None) -> dict | None:
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def new(self) -> tuple[str, dict]:
+        key, state = secrets.token_urlsafe(24), {}
+        with self._lock:
+            self._items[key] = state
+            while len(self._items) > self.cap:
+                self._items.popitem(last=False)
+        return key, state
+
+
+# --------------------------------------------------------------------------- images in memory
+
+def png(image: torch.Tensor) -> bytes:
+    """A [0, 1] image (3, S, S) as PNG bytes, built in memory (fast compression: these are tiny)."""
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def data_url(image: torch.Tensor) -> str:
+    return "data:image/png;base64," + base64.b64encode(png(image)).decode()
+
+
+def png_response(image: torch.Tensor, **headers: str) -> Response:
+    return Response(png(image), media_type="image/png", headers={"Cache-Control": "no-store", **headers})
+
+
+# --------------------------------------------------------------------------- requests
+
+class SampleRequest(BaseModel):
+    sampler: Literal[SAMPLERS] = "prior"
+    temperature: float = Field(1.0, gt=0, le=3)
+    seed: int = Field(0, ge=0, lt=2**32)
+    n: int = Field(16, ge=1, le=MAX_SAMPLES)
+
+
+class PickRequest(SampleRequest):
+    index: int = Field(0, ge=0, lt=MAX_SAMPLES)
+
+
+class EditRequest(BaseModel):
+    values: dict[str, float] = Field(default_factory=dict, max_length=256)
+    method: Literal[METHODS] = DEFAULT_METHOD
+    target: float | None = Field(DEFAULT_TARGET, gt=0.5, lt=1)   # None: strength
+    strength: float | None = Field(None, gt=0, le=10)
+
+
+class MorphRequest(BaseModel):
+    t: float = Field(ge=0, le=1)
+
+
+class TraverseRequest(BaseModel):
+    dim: int = Field(ge=0)
+    value: float = Field(ge=-TRAVERSE_RANGE, le=TRAVERSE_RANGE)
+
+
+# --------------------------------------------------------------------------- the model behind the page
+
+class Studio:
+    """The model and what was fitted, behind one lock: one forward pass at a time (2 cores gain nothing
+    from two at once, and a lock needs no argument about thread safety)."""
+
+    def __init__(self, model, cfg: Config, fitted: Fitted, align: bool):
+        self.model, self.cfg, self.fitted, self.align = model, cfg, fitted, align
+        self.model_lock = threading.Lock()
+        self.photo_lock = threading.Lock()  # one photo decoded at a time: a 64-MP photo takes ~200 MB
+
+    def decode(self, codes: np.ndarray | torch.Tensor) -> torch.Tensor:
+        z = torch.as_tensor(codes, dtype=torch.float32)
+        with self.model_lock, torch.inference_mode(), timed(len(z), "decode"):  # train.threads=auto tunes on it
+            return decode(self.model, z)
+
+    def probabilities(self, code: np.ndarray) -> dict[str, float]:
+        attrs = self.fitted.attrs
+        if attrs is None:
+            return {}
+        logits = code @ attrs.weights.T + attrs.biases
+        return {n: round(float(p), 4) for n, p in zip(attrs.names, 1 / (1 + np.exp(-logits)))}
+
+    def photo(self, data: bytes, name: str) -> tuple[np.ndarray, dict]:
+        """An uploaded photo's code (encoded once, here) and what the page shows of it."""
+        size, crop = self.cfg.data.image_size, self.cfg.data.center_crop
+        with self.photo_lock:
+            array, face = model_input(open_photo(data, name, PHOTO_FORMATS), name, size, crop, self.align)
+        x = torch.from_numpy(array.copy()).float()[None] / 255
+        with self.model_lock, torch.inference_mode():
+            code = posterior_means(self.model, x)[0].double().numpy()
+            reconstruction = decode(self.model, torch.from_numpy(code[None]).float())[0]
+        if face is None:
+            note = f"{name}: the picture's centre, not aligned (this model was trained on unaligned faces)"
+        else:
+            note = "; ".join(filter(None, [describe(face, name), small_face_warning(face, name, size, crop)]))
+        return code, {"input": data_url(x[0]), "reconstruction": data_url(reconstruction), "note": note,
+                      "probabilities": self.probabilities(code)}
+
+    def codes(self, request: SampleRequest) -> torch.Tensor:
+        if request.sampler == "gmm" and self.fitted.gmm is None:
+            raise UserError("the GMM sampler needs the training data, which this server could not read; use prior")
+        return latent_codes(request.sampler, request.n, self.model.latent_dim, request.seed, self.fitted.gmm,
+                            request.temperature)
+
+    def generated(self, request: PickRequest) -> tuple[np.ndarray, dict]:
+        if request.index >= request.n:
+            raise UserError(f"index {request.index} is not among the {request.n} samples")
+        code = self.codes(request)[request.index].double().numpy()
+        image = data_url(self.decode(code[None])[0])
+        note = (f"generated: {request.sampler} sample {request.index + 1} of {request.n}, seed {request.seed}, "
+                f"temperature {request.temperature:g}")
+        return code, {"input": image, "reconstruction": image, "note": note, "probabilities": self.probabilities(code)}
+
+    def edit(self, code: np.ndarray, request: EditRequest) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.fitted.attrs is None:
+            raise UserError("this server has no attribute directions: " + " ".join(self.fitted.notes))
+        attrs = self.fitted.attrs
+        resolve(list(request.values), attrs.names)
+        if request.target is None and request.strength is None:
+            raise UserError("give a target probability or a strength")
+        moved = slider_codes(code[None], attrs, request.values, request.method, request.target, request.strength)[0]
+        return self.decode(moved[None])[0], self.probabilities(moved)
+
+    def morph(self, a: np.ndarray, b: np.ndarray, t: float) -> torch.Tensor:
+        path = interpolate_at(torch.from_numpy(a), torch.from_numpy(b), torch.tensor([t]), spherical=True)
+        return self.decode(path)[0]
+
+    def traverse(self, start: np.ndarray | None, dim: int, value: float) -> torch.Tensor:
+        if dim >= self.model.latent_dim:
+            raise UserError(f"dimension {dim} does not exist: the latent has {self.model.latent_dim}")
+        start = torch.zeros(self.model.latent_dim) if start is None else torch.from_numpy(start).float()
+        return self.decode(traversal_codes(start, [dim], torch.tensor([value]))[0])[0]
+
+
+# --------------------------------------------------------------------------- the app
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes `limit` bytes, whatever Content-Length says."""
+    too_large = HTTPException(413, f"file too large: more than {limit // 2**20} MB; pass a smaller copy")
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    if not size:
+        raise UserError("the upload was empty; choose an image file")
+    return b"".join(chunks)
+
+
+def face_of(request: Request, slot: str) -> np.ndarray:
+    code = request.state.session.get(slot)
+    if code is None:
+        what = {"edit": "upload a photo or pick a generated face", "a": "choose face A", "b": "choose face B"}[slot]
+        raise UserError(f"{what} first (this server keeps the faces of its {request.app.state.sessions.cap} most "
+                        "recent sessions)")
+    return code
+
+
+def create_app(model, cfg: Config, checkpoint: str | Path, align: bool, fitted: Fitted | None = None,
+               host: str = "127.0.0.1", method: str = DEFAULT_METHOD, target: float = DEFAULT_TARGET,
+               max_sessions: int = MAX_SESSIONS) -> FastAPI:
+    """The editor's app for a trained model (in eval mode): `align` photos like CelebA or take their
+    centre (inference.aligns); `fitted` is fit() unless given; bound to `host`, which (when loopback)
+    is the only kind of name requests may be addressed to."""
+    studio = Studio(model, cfg, fitted or fit(model, cfg, Path(checkpoint)), align)
+    sessions = Sessions(max_sessions)
+    pages = {path: ((STATIC / name).read_bytes(), media) for path, (name, media) in PAGES.items()}
+    app = FastAPI(title="VAE face editor", docs_url=None, redoc_url=None, openapi_url=None)  # docs load a CDN
+    app.state.studio, app.state.sessions = studio, sessions
+    if is_loopback(host):
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_NAMES)
+
+    @app.middleware("http")
+    async def session_cookie(request: Request, call_next):
+        """Every API request belongs to a session: the cookie's, or (none, or dropped) a new one."""
+        key = request.cookies.get(COOKIE)
+        state = sessions.get(key)
+        fresh = state is None and request.url.path.startswith("/api/")
+        if fresh:
+            key, state = sessions.new()
+        request.state.session = state
+        response = await call_next(request)
+        if fresh:
+            response.set_cookie(COOKIE, key, httponly=True, samesite="strict")
+        return response
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, e: UserError):
+        return JSONResponse({"error": str(e)}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):
+        message = e.detail if e.status_code != 404 else f"no such page: {request.url.path}"
+        return JSONResponse({"error": message}, status_code=e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, e: RequestValidationError):
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        return JSONResponse({"error": f"bad request: {where}: {first.get('msg', 'invalid')}"}, status_code=400)
+
+    def page(path: str):
+        body, media = pages[path]
+        return lambda: Response(body, media_type=media, headers={"Content-Security-Policy": CSP,
+                                                                  "X-Content-Type-Options": "nosniff"})
+    for path in pages:
+        app.get(path, include_in_schema=False)(page(path))
+
+    @app.get("/api/info")
+    def info() -> dict:
+        names = studio.fitted.attrs.names if studio.fitted.attrs is not None else []
+        return {"checkpoint": Path(checkpoint).name, "image_size": cfg.data.image_size, "align": align,
+                "attributes": names, "shown": first_shown(names), "methods": list(METHODS), "method": method,
+                "target": target, "samplers": [s for s in SAMPLERS if s != "gmm" or studio.fitted.gmm is not None],
+                "dims": studio.fitted.dims, "traverse_range": TRAVERSE_RANGE, "notes": studio.fitted.notes,
+                "max_upload_bytes": MAX_UPLOAD_BYTES, "max_photo_pixels": MAX_PHOTO_PIXELS}
+
+    @app.post("/api/upload/{slot}")
+    async def upload(slot: Slot, request: Request) -> dict:
+        data = await read_capped(request, MAX_UPLOAD_BYTES)
+        name = unquote(request.headers.get("x-filename") or "upload")[:100]  # only ever shown, never a path
+        code, shown = await run_in_threadpool(studio.photo, data, name)  # off the event loop
+        request.state.session[slot] = code
+        return shown
+
+    @app.post("/api/generated/{slot}")
+    def generated(slot: Slot, body: PickRequest, request: Request) -> dict:
+        code, shown = studio.generated(body)
+        request.state.session[slot] = code
+        return shown
+
+    @app.post("/api/samples")
+    def samples(body: SampleRequest) -> dict:
+        return {"images": [data_url(image) for image in studio.decode(studio.codes(body))]}
+
+    @app.post("/api/edit")
+    def edit(body: EditRequest, request: Request) -> Response:
+        image, probabilities = studio.edit(face_of(request, "edit"), body)
+        return png_response(image, **{"X-Probabilities": json.dumps(probabilities)})
+
+    @app.post("/api/morph")
+    def morph(body: MorphRequest, request: Request) -> Response:
+        return png_response(studio.morph(face_of(request, "a"), face_of(request, "b"), body.t))
+
+    @app.post("/api/traverse")
+    def traverse(body: TraverseRequest, request: Request) -> Response:
+        return png_response(studio.traverse(request.state.session.get("edit"), body.dim, body.value))
+
+    return app
+
+
+# --------------------------------------------------------------------------- serving
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free one), or a one-line UserError: taken before the model
+    loads, so a busy port is said at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto IPPROTO_TCP, which accepted sockets inherit: only then does asyncio set TCP_NODELAY on them,
+    # without which each small answer waits ~40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        return sock
+    except OSError as e:
+        sock.close()
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise UserError(f"cannot listen on {host}:{port} ({reason}); pass another --port or --host") from None
+
+
+def serve(app: FastAPI, sock: socket.socket, host: str) -> None:
+    """Serve on `sock` (listen(host, ...)) until Ctrl-C, printing the address, and a warning when
+    others on the network can reach it."""
+    import uvicorn
+    if not is_loopback(host):
+        print(f"warning: --host {host} is not a loopback address: anyone who can reach this machine on the "
+              "network can use the editor (it has no login)")
+    shown = f"[{host}]" if ":" in host else host
+    print(f"face editor on http://{shown}:{sock.getsockname()[1]}  (Ctrl-C stops it)", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
