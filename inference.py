@@ -190,6 +190,7 @@ def judged_edits(args, name: str, edited_names: Sequence[str]) -> dict[str, Edit
     conditional direction to the target (and the figure's own edit, if it is none of those)."""
     keep = edit_for(args, name, edited_names).keep
     edits = {"mean, strength 1": Edit("mean", 1.0),
+             f"mean to p={args.target:g}": Edit("mean", None, args.target),
              f"normal to p={args.target:g}": Edit("normal", None, args.target),
              f"conditional to p={args.target:g}": Edit("conditional", None, args.target, keep)}
     shown = edit_for(args, name, edited_names)
@@ -236,7 +237,7 @@ def judge_edits(args, model, cfg: Config, checkpoint: Path, train: ImageSplit, h
     path = atomic_write(out_dir / "edits.json", lambda f: f.write(json.dumps(report, indent=2).encode()))
     print(f"\nedits judged on {held.description}: success = the judge's decision moves to the intended side "
           f"(add / remove); kept = decisions unchanged on the {len(reliable)} other attributes it reads with "
-          f"balanced accuracy >= {RELIABLE_ACCURACY}")
+          f"accuracy >= {RELIABLE_ACCURACY}")
     print(f"{'attribute':22s}{'method':34s}{'success':>8s}{'add':>7s}{'remove':>8s}{'kept':>7s}{'moved':>7s}"
           f"{'baseline':>9s}{'judge':>7s}")
     for name, r in results.items():

@@ -4,9 +4,10 @@ Directions, per attribute indicator, from the posterior means mu of the labelled
 - mean:        mean mu of images with the attribute minus mean mu of images without it;
 - normal:      the unit normal of a logistic regression of the attribute on mu (InterFaceGAN,
                Shen et al. 2020, uses a linear SVM's the same way);
-- conditional: that normal with the normals of the --keep attributes projected out, so that the
-               latent classifiers of the kept attributes do not move (InterFaceGAN's conditional
-               manipulation).
+- conditional: the mean difference with the normals of the --keep attributes projected out, so
+               that the latent classifiers of the kept attributes do not move (InterFaceGAN's
+               conditional manipulation, which projects from the normal; here the normal moves faces
+               along directions of little variance that the decoder hardly draws, see the README).
 How far: a fixed strength s (mu + s * direction), or a target probability P: every code moves along
 its direction until the latent classifier gives P (1 - P to remove), in closed form since the
 classifier is linear, so a face that already half-smiles moves less than a frowning one.
@@ -31,8 +32,8 @@ from src.errors import UserError
 from src.latent import cached_arrays, decode, encode, file_digest
 
 METHODS = ("mean", "normal", "conditional")
-DEFAULT_METHOD, DEFAULT_TARGET = "conditional", 0.9   # chosen by measurement: README, "Steering"
-RELIABLE_ACCURACY = 0.85     # preservation counts the attributes the judge reads at least this well (balanced)
+DEFAULT_METHOD, DEFAULT_TARGET = "conditional", 0.999   # chosen by measurement: README, "Steering"
+RELIABLE_ACCURACY = 0.85     # preservation counts the attributes the judge reads at least this accurately
 CLASSIFIER_C = 1.0           # inverse L2 strength of the latent logistic regressions (scikit-learn's default)
 
 
@@ -139,23 +140,23 @@ def project_out(vector: np.ndarray, others: np.ndarray) -> np.ndarray:
 
 
 def direction(attrs: LatentAttributes, name: str, method: str, keep: Sequence[str] = ()) -> np.ndarray:
-    """The (D,) direction that adds `name`: the mean difference, the classifier's unit normal, or that
-    normal orthogonal to the normals of the `keep` attributes (unit length)."""
+    """The (D,) direction that adds `name`: the mean difference, the classifier's unit normal, or the
+    mean difference made orthogonal to the normals of the `keep` attributes, so that their latent
+    classifiers do not move (conditional; it starts from the mean difference, not the normal, which
+    moves faces in directions the decoder hardly draws: README, "Steering")."""
     a = attrs.index(name)
     if method == "mean":
         return attrs.mean[a]
-    normal = attrs.weights[a] / np.linalg.norm(attrs.weights[a])
     if method == "normal":
-        return normal
+        return attrs.weights[a] / np.linalg.norm(attrs.weights[a])
     if name in keep:
         raise UserError(f"--keep {name}: an attribute cannot be edited and kept at once; drop it from --keep")
-    kept = attrs.weights[[attrs.index(k) for k in keep]] if keep else np.empty((0, len(normal)))
-    conditional = project_out(normal, kept)
-    size = np.linalg.norm(conditional)
-    if size < 1e-6:
+    kept = attrs.weights[[attrs.index(k) for k in keep]] if keep else np.empty((0, attrs.mean.shape[1]))
+    conditional = project_out(attrs.mean[a], kept)
+    if np.linalg.norm(conditional) < 1e-6 * np.linalg.norm(attrs.mean[a]):
         raise UserError(f"the direction of {name} lies in the span of the kept attributes' directions; "
                         "keep fewer attributes")
-    return conditional / size
+    return conditional
 
 
 def logit(p: float) -> float:
@@ -266,7 +267,7 @@ def judge_methods(model, judge, attrs: LatentAttributes, codes: np.ndarray, labe
     0/1/NaN labels (N, A): (the attributes preservation counts, {attribute: judge accuracy and
     {label: judge_edit()}}). Preservation counts the attributes the judge reads with balanced
     accuracy of at least RELIABLE_ACCURACY (`scores`: src.judge.accuracy's)."""
-    reliable = [i for i, n in enumerate(label_names) if scores[n]["balanced_accuracy"] >= RELIABLE_ACCURACY]
+    reliable = [i for i, n in enumerate(label_names) if scores[n]["accuracy"] >= RELIABLE_ACCURACY]
     decide = judge_decisions(model, judge)
     results = {}
     for name, methods in edits.items():

@@ -81,8 +81,10 @@ def test_a_target_probability_is_reached_exactly_along_any_direction():
 def test_a_conditional_direction_is_orthogonal_to_the_kept_normals_and_keeps_their_logits():
     codes, attrs = constructed_attributes()
     d = direction(attrs, "a", "conditional", keep=("b", "c"))
-    assert abs(d @ attrs.weights[1]) < 1e-9 and abs(d @ attrs.weights[2]) < 1e-9
-    assert np.linalg.norm(d) == pytest.approx(1) and d @ attrs.weights[0] > 0
+    assert abs(d @ attrs.weights[1]) < 1e-9 and abs(d @ attrs.weights[2]) < 1e-9 and d @ attrs.weights[0] > 0
+    np.testing.assert_allclose(direction(attrs, "a", "conditional"), attrs.mean[0])  # keeping nothing: the mean
+    unit = direction(attrs, "a", "normal")
+    assert np.linalg.norm(unit) == pytest.approx(1) and unit @ attrs.weights[0] > 0
     moved = edited(codes, attrs, "a", Edit("conditional", None, 0.95, keep=("b", "c")))
     np.testing.assert_allclose(attrs.logits("b", moved), attrs.logits("b", codes), atol=1e-9)
     unconditional = edited(codes, attrs, "a", Edit("normal", None, 0.95))
@@ -209,11 +211,12 @@ def test_edits_png_gif_and_json(trained, tmp_path, monkeypatch, capsys):
     assert set(report["attributes"]) == {"glasses", "hat"} and "test split" in report["held_out"]
     for r in report["attributes"].values():
         assert 0 <= r["judge_accuracy"] <= 1
-        assert list(r["methods"]) == ["mean, strength 1", "normal to p=0.9", "conditional to p=0.9"]
+        assert list(r["methods"]) == ["mean, strength 1", "mean to p=0.999", "normal to p=0.999",
+                                      "conditional to p=0.999"]
         for m in r["methods"].values():
             assert 0 <= m["success"] <= 1 and m["images"] == 16 and m["latent_distance"] > 0
     printed = capsys.readouterr().out
-    assert "conditional to p=0.9" in printed and "glasses" in printed
+    assert "conditional to p=0.999" in printed and "glasses" in printed
 
 
 def test_traversals_and_edits_of_one_own_image(trained, tmp_path, capsys):

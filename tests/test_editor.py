@@ -20,7 +20,7 @@ import inference
 from src import editor as editor_module
 from src import editor_load, faces
 from src.checkpoint import load_trained
-from src.editing import slider_codes
+from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, slider_codes
 from src.editor import Sessions, create_app, fit, listen
 from src.editor_load import Client
 from src.errors import run_cli
@@ -90,7 +90,7 @@ def test_info_lists_what_the_checkpoint_offers(editor):
     info = Client(editor.url).json("GET", "/api/info")
     assert info["shown"][:3] == ["glasses", "hat", "smile>median"] and len(info["shown"]) == 5
     assert set(info["shown"]) <= set(info["attributes"]) and info["samplers"] == ["prior", "gmm"]
-    assert info["method"] == "conditional" and info["target"] == 0.9 and not info["align"]
+    assert info["method"] == DEFAULT_METHOD and info["target"] == DEFAULT_TARGET and not info["align"]
     kls = [kl for _, kl in info["dims"]]
     assert len(kls) == editor.model.latent_dim and kls == sorted(kls, reverse=True)  # largest KL first
 
@@ -111,7 +111,7 @@ def test_an_upload_is_encoded_once_and_each_slider_answer_is_what_the_decoder_dr
                         ({shown[0]: 1.0}, {"method": "mean", "target": None, "strength": 2.0})]:
         status, headers, png = client.post("/api/edit", {"values": values, **how})
         assert status == 200 and headers["content-type"] == "image/png"
-        method, target = how.get("method", "conditional"), how.get("target", 0.9)
+        method, target = how.get("method", DEFAULT_METHOD), how.get("target", DEFAULT_TARGET)
         expected = slider_codes(mu[None], attrs, values, method, target, how.get("strength"))[0]
         assert close(pixels(png), decoded(editor.model, expected))
         p = json.loads(headers["x-probabilities"])[shown[0]]
