@@ -200,7 +200,7 @@ def sweep(codes: np.ndarray, attrs: LatentAttributes, name: str, how: Edit, step
     a = attrs.index(name)
     probabilities = 1 / (1 + np.exp(-np.linspace(-logit(how.target), logit(how.target), steps)))
     moves = [steps_to_target(codes, attrs.weights[a], attrs.biases[a], d, p) for p in probabilities]
-    return codes[:, None, :] + np.stack(moves, 1)[:, :, None] * d, [f"p = {p:.2g}" for p in probabilities]
+    return codes[:, None, :] + np.stack(moves, 1)[:, :, None] * d, [f"p = {p:.3g}" for p in probabilities]
 
 
 def slider_codes(codes: np.ndarray, attrs: LatentAttributes, values: dict[str, float], method: str,

@@ -35,6 +35,9 @@ import torch
 from tqdm import tqdm
 
 SAMPLES = 3          # timed units per count in a measurement (their median)
+MIN_UNIT_S = 0.1     # shorter units (one decode: 2-3 ms) are pooled into one of at least this long: a busy
+                     # program's time slices are milliseconds long, and three 3-ms units can miss them all
+OTHERS_EVERY_S = 0.5  # other programs' CPU use is read over at least this long (the kernel counts in 10 ms)
 MARGIN = 0.05        # another count must be this much faster to be chosen (hysteresis)
 CLEARLY_SLOWER = 1.3  # a probe stops after one unit this much slower than the current count
 OTHERS_BUSY = 0.5    # other programs using this many cores or more make fewer threads worth measuring
@@ -70,7 +73,7 @@ class OtherPrograms:
     time in /proc/stat minus this process's). Linux only; elsewhere always True (measure anyway)."""
 
     def __init__(self):
-        self.last = self._read()
+        self.last, self.busy = self._read(), True
 
     @staticmethod
     def _read() -> tuple[int, int, float] | None:
@@ -89,9 +92,10 @@ class OtherPrograms:
         if now is None or self.last is None:
             return True
         (busy0, mine0, t0), (busy1, mine1, t1) = self.last, now
-        self.last = now
-        cores = ((busy1 - busy0) - (mine1 - mine0)) / os.sysconf("SC_CLK_TCK") / max(t1 - t0, 1e-3)
-        return cores >= OTHERS_BUSY
+        if t1 - t0 >= OTHERS_EVERY_S:  # sooner, keep the last verdict
+            cores = ((busy1 - busy0) - (mine1 - mine0)) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
+            self.last, self.busy = now, cores >= OTHERS_BUSY
+        return self.busy
 
 
 def _plural(n: int) -> str:
@@ -128,6 +132,7 @@ class ThreadTuner:
         self.reference = None            # per-image seconds of `best` when it was chosen
         self.probe = None                # {"todo": [counts], "times": {count: [seconds per image]}}
         self.kind, self.skip, self.decided = None, True, False
+        self.pending = (0.0, 0)          # seconds and images of short units not yet long enough to judge
         self.threads = self.best
         self.apply(self.best)
 
@@ -139,6 +144,10 @@ class ThreadTuner:
             self.boundary()
             self.kind = kind
         self.units[self.threads] += 1
+        self.pending = (self.pending[0] + seconds, self.pending[1] + images)
+        if self.pending[0] < MIN_UNIT_S:
+            return
+        (seconds, images), self.pending = self.pending, (0.0, 0)
         if self.skip:  # the first unit after a change or a boundary pays for warm-up
             self.skip = False
             return
@@ -164,7 +173,7 @@ class ThreadTuner:
             self.probe = None
             self._set(self.best)
         self.window.clear()
-        self.skip = True
+        self.skip, self.pending = True, (0.0, 0)
 
     # ---------------------------------------------------------------- choice
 
@@ -223,7 +232,7 @@ class ThreadTuner:
 
     def _set(self, n: int) -> None:
         if n != self.threads:
-            self.threads, self.skip = n, True
+            self.threads, self.skip, self.pending = n, True, (0.0, 0)
             self.apply(n)
 
 
