@@ -33,7 +33,8 @@ from src.dataset import Batches, load_split
 from src.errors import CheckpointError, NumericalError, run_cli
 from src.model import ConvVAE, bits_per_dim, build_model
 from src.threads import ThreadTuner, boundary, configure_threads, timed
-from src.training import all_reduce, local_rank_zero_first, setup_distributed, train_step, validate
+from src.training import (all_reduce, local_rank_zero_first, make_ema, make_scheduler, setup_distributed, train_step,
+                          validate)
 from src.utils import atomic_write, choose_bf16, ensure_writable_dir, save_image_grid, seed_everything
 
 
@@ -108,6 +109,12 @@ def check_resumable(saved: dict, cfg: Config, world_size: int, path: Path) -> No
     if old_loss != cfg.train.recon_loss:  # the best validation loss so far is in the old loss's units
         raise CheckpointError(f"{path} was trained with train.recon_loss={old_loss}; resume with it, or start "
                               "afresh without --resume")
+    schedule = {k: then["train"].get(k, default["train"][k]) for k in ("lr_schedule", "warmup_steps")}
+    if schedule != {"lr_schedule": cfg.train.lr_schedule, "warmup_steps": cfg.train.warmup_steps} or \
+            (cfg.train.lr_schedule == "cosine" and then["train"]["epochs"] != cfg.train.epochs):
+        raise CheckpointError(f"{path} was trained with another learning-rate schedule ({schedule}, "
+                              f"{then['train']['epochs']} epochs); resume with the same train.lr_schedule, "
+                              "train.warmup_steps and (cosine) train.epochs, or start afresh without --resume")
     if saved.get("step"):  # mid-epoch: the rest of the epoch must see exactly the same batches
         for key, old, new in (("train.batch_size", then["train"]["batch_size"], cfg.train.batch_size),
                               ("train.seed", then["train"]["seed"], cfg.train.seed),
@@ -119,7 +126,7 @@ def check_resumable(saved: dict, cfg: Config, world_size: int, path: Path) -> No
 
 def checkpoint_state(model: ConvVAE, optimizer, scheduler, cfg: Config, history: list, best_val: float,
                      epoch: int, data_id: str, world_size: int, device: torch.device, step: int = 0,
-                     sums: torch.Tensor | None = None) -> dict:
+                     sums: torch.Tensor | None = None, ema=None) -> dict:
     """Everything a resume needs. Collective under DDP: every rank calls it (RNG states are gathered,
     mid-epoch sums reduced), rank 0 saves it."""
     rng = rng_state(device)
@@ -129,14 +136,19 @@ def checkpoint_state(model: ConvVAE, optimizer, scheduler, cfg: Config, history:
     partial = None if sums is None else all_reduce(sums.clone()).cpu()  # all ranks' images so far
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "step": step, "partial": partial, "config": cfg.to_dict(), "history": history,
-            "best_val": best_val, "rng": rng, "world_size": world_size, "data_id": data_id}
+            "best_val": best_val, "rng": rng, "world_size": world_size, "data_id": data_id,
+            **({"ema": ema.module.state_dict(), "ema_updates": int(ema.n_averaged)} if ema is not None else {})}
 
 
-def restore(saved: dict, model: ConvVAE, optimizer, scheduler, rank: int, device: torch.device) -> None:
-    """Load a checkpoint (read on the CPU) into the model, optimizer, scheduler and, mid-epoch, the RNGs."""
+def restore(saved: dict, model: ConvVAE, optimizer, scheduler, rank: int, device: torch.device, ema=None) -> None:
+    """Load a checkpoint (read on the CPU) into the model, optimizer, scheduler, the weights' average
+    (if both keep one; else it starts from the weights) and, mid-epoch, the RNGs."""
     model.load_state_dict(saved["model"])  # copies the CPU tensors to the model's device
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
+    if ema is not None and "ema" in saved:
+        ema.module.load_state_dict(saved["ema"])
+        ema.n_averaged.fill_(saved["ema_updates"])
     if saved["step"]:
         rng = saved["rng"]
         set_rng_state(rng[rank] if isinstance(rng, list) else rng, device)
@@ -169,9 +181,11 @@ def checks_every_step(device: torch.device) -> bool:
 
 
 def train_epoch(model, optimizer, batches: Batches, epoch: int, start_step: int, sums: torch.Tensor, cfg: Config,
-                amp: bool, interrupts: Interrupts, finite: FiniteCheck, last_good: str) -> tuple[int, int]:
+                amp: bool, interrupts: Interrupts, finite: FiniteCheck, last_good: str,
+                after_step=lambda: None) -> tuple[int, int]:
     """Train one epoch from `start_step`, adding (total, recon, kl) x images, grad norm and images to `sums`
-    on the device; returns (steps done, fewer than len(batches) when interrupted; images this rank saw)."""
+    on the device; after_step() runs after every optimizer step (a per-step schedule, the weights'
+    average). Returns (steps done, fewer than len(batches) when interrupted; images this rank saw)."""
     t, device, master = cfg.train, batches.device, batches.rank == 0
     model.train()
     steps, images = start_step, 0
@@ -182,6 +196,7 @@ def train_epoch(model, optimizer, batches: Batches, epoch: int, start_step: int,
         n = len(x)  # a Python int: torch.tensor(n, device=cuda) would be a blocking copy each step
         with timed(n, "train step"):  # on the CPU a step is done when train_step returns
             total, recon, kl, grad_norm = train_step(model, optimizer, x, t, amp)
+            after_step()
         sums += torch.stack([total * n, recon * n, kl * n, grad_norm, torch.ones_like(total) * n])
         finite.update(steps, total, grad_norm)
         steps, images = steps + 1, images + n
@@ -247,10 +262,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     raw_model = build_model(cfg.model, cfg.data.image_size).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=t.lr)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=t.lr_gamma)
+    scheduler, per_step = make_scheduler(optimizer, t, len(train_batches))
+    ema = make_ema(raw_model, t.ema_decay)
+    evaluated = ema.module if ema is not None else raw_model  # validated, sampled and kept as the best
+
+    def after_step() -> None:
+        if per_step:
+            scheduler.step()
+        if ema is not None:
+            ema.update_parameters(raw_model)
+
     start_epoch, start_step, history, best_val = 0, 0, [], math.inf
     if saved:
-        restore(saved, raw_model, optimizer, scheduler, rank, device)
+        restore(saved, raw_model, optimizer, scheduler, rank, device, ema)
         start_epoch, start_step, history, best_val = saved["epoch"], saved["step"], saved["history"], saved["best_val"]
         if master:
             print(f"resuming from {last_path}: epoch {start_epoch + 1}, step {start_step}")
@@ -265,12 +289,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{cfg.data.dataset}: {len(train_set)} train / {len(val_set)} val images of {cfg.data.image_size}px; "
               f"{world_size} x {device}, batch {t.batch_size}/rank, bf16 {amp} ({amp_reason}), "
               f"channels_last {t.channels_last}, compile {t.compile}")
+        m = cfg.model
         print(f"ConvVAE: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f} M parameters, "
-              f"latent {cfg.model.latent_dim}, hidden {cfg.model.hidden_dims}")
+              f"latent {m.latent_dim}, hidden {m.hidden_dims}, decoder {m.decoder_dims or 'mirrored'} "
+              f"({m.upsample} upsampling, {m.res_blocks} residual blocks per stage); learning rate {t.lr_schedule}"
+              f"{f' after {t.warmup_steps} warm-up steps' if t.warmup_steps else ''}, "
+              f"{f'EMA {t.ema_decay} of the weights evaluated' if t.ema_decay else 'no EMA'}")
 
     def state(epoch: int, step: int = 0, sums: torch.Tensor | None = None) -> dict:
         return checkpoint_state(raw_model, optimizer, scheduler, cfg, history, best_val, epoch, train_set.data_id,
-                                world_size, device, step, sums)
+                                world_size, device, step, sums, ema)
 
     sample_z = torch.randn(64, cfg.model.latent_dim, generator=torch.Generator().manual_seed(0)).to(device)
     with Interrupts() as interrupts:
@@ -289,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 tuner.units.clear()
             lr, start = optimizer.param_groups[0]["lr"], time.perf_counter()
             steps, images = train_epoch(model, optimizer, train_batches, epoch, start_step, sums, cfg, amp, interrupts,
-                                finite, last_good)
+                                        finite, last_good, after_step)
             train_seconds = time.perf_counter() - start
             finite.raise_if_bad(epoch, last_good)  # nothing non-finite is ever saved
             signum = interrupts.agreed(world_size, device)  # a signal after the last agreed step counts too
@@ -302,8 +330,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 sys.exit(128 + signum)
 
             all_reduce(sums)
-            val = validate(raw_model, val_batches, t, amp)
-            scheduler.step()
+            val = validate(evaluated, val_batches, t, amp)
+            if not per_step:
+                scheduler.step()
             record = epoch_record(epoch, sums, steps, val, lr, time.perf_counter() - start, train_seconds, images,
                                   world_size, device)
             if device.type == "cpu":
@@ -321,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             start_step = 0
             checkpoint = state(epoch + 1)
             if master:
-                end_of_epoch(checkpoint, raw_model, sample_z, is_best, last_path, best_path, results_dir, t.epochs)
+                end_of_epoch(checkpoint, evaluated, sample_z, is_best, last_path, best_path, results_dir, t.epochs)
             if interrupts.agreed(world_size, device):  # the signal came during validation: all is saved
                 if master:
                     print(f"saved {last_path} after epoch {epoch + 1}; resume with: {resume_command(argv, world_size)}")

@@ -158,14 +158,15 @@ def _plain_rng(state: dict) -> dict:
 # --------------------------------------------------------------------------- the model in a checkpoint
 
 def model_from_checkpoint(state: dict, path: str | Path = "checkpoint") -> tuple[ConvVAE, Config]:
-    """Rebuild the model from the config stored in the checkpoint and load its weights."""
+    """Rebuild the model from the config stored in the checkpoint and load its weights: the moving
+    average of the weights where training kept one (train.ema_decay), else the weights."""
     try:
         cfg = config_from_dict(state["config"])
     except (KeyError, ConfigError) as e:
         raise CheckpointError(f"'{path}' has no usable config ({e}); retrain with this version") from None
     model = build_model(cfg.model, cfg.data.image_size)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["ema"] if "ema" in state else state["model"])
     except (KeyError, RuntimeError) as e:
         # torch's message starts with a generic header; the next line names the first bad key or shape
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]

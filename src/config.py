@@ -25,6 +25,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.jso
 DATASETS = ("celeba", "folder", "synthetic")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 RECON_LOSSES = ("mse_sum", "gaussian")
+LR_SCHEDULES = ("exponential", "cosine")
+UPSAMPLES = ("transpose", "nearest", "bilinear")
 
 
 @dataclass
@@ -48,6 +50,9 @@ class ModelConfig:
     latent_dim: int = 128
     hidden_dims: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     batch_norm: bool = True
+    upsample: str = "transpose"          # decoder upsampling: transpose (the seed's) | nearest | bilinear (+ 3x3 conv)
+    decoder_dims: list[int] = field(default_factory=list)  # decoder widths from the bottleneck up; [] = mirror
+    res_blocks: int = 0                  # residual blocks after each decoder upsampling stage
 
 
 @dataclass
@@ -55,7 +60,11 @@ class TrainConfig:
     epochs: int = 15
     batch_size: int = 128
     lr: float = 1e-3
-    lr_gamma: float = 0.95               # learning rate is multiplied by this after each epoch
+    lr_schedule: str = "exponential"     # exponential (x lr_gamma per epoch) | cosine (per step, to 0)
+    lr_gamma: float = 0.95               # exponential: learning rate is multiplied by this after each epoch
+    warmup_steps: int = 0                # linear learning-rate warm-up over this many optimizer steps
+    ema_decay: float = 0.0               # exponential moving average of the weights (e.g. 0.999), used for
+                                         # validation, evaluation and sampling; 0 = off
     beta: float = 1.2                    # weight of the KL term
     recon_loss: str = "mse_sum"          # mse_sum (the seed's) | gaussian (calibrated sigma, loss in nats)
     sigma_min: float = 0.0025            # gaussian: soft floor on the calibrated sigma (sigma-VAE: exp(-6) = 0.00248)
@@ -169,7 +178,14 @@ def validate(cfg: Config) -> None:
         (m.latent_dim >= 1, "model.latent_dim", "at least 1"),
         (len(m.hidden_dims) >= 1 and min(m.hidden_dims) >= 1, "model.hidden_dims",
          "a non-empty list of positive channel counts"),
+        (m.upsample in UPSAMPLES, "model.upsample", f"one of {', '.join(UPSAMPLES)}"),
+        (not m.decoder_dims or (len(m.decoder_dims) == len(m.hidden_dims) and min(m.decoder_dims) >= 1),
+         "model.decoder_dims", "[] (the encoder's widths, mirrored) or one positive width per model.hidden_dims entry"),
+        (m.res_blocks >= 0, "model.res_blocks", "0 or more"),
         (t.epochs >= 1, "train.epochs", "at least 1"),
+        (t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"one of {', '.join(LR_SCHEDULES)}"),
+        (t.warmup_steps >= 0, "train.warmup_steps", "0 or more"),
+        (0 <= t.ema_decay < 1, "train.ema_decay", "in [0, 1) (0 = off; e.g. 0.999)"),
         (t.batch_size >= 1, "train.batch_size", "at least 1"),
         (t.lr > 0, "train.lr", "greater than 0"),
         (0 < t.lr_gamma <= 1, "train.lr_gamma", "in (0, 1]"),

@@ -3,6 +3,11 @@
 Encoder: one Conv2d(kernel 3, stride 2, padding 1) block per entry of `hidden_dims`, so five
 blocks take 64x64 to a 2x2 bottleneck; then linear heads for mu and log sigma^2. The decoder
 mirrors it with ConvTranspose2d blocks and ends in a Sigmoid, so outputs are pixels in [0, 1].
+
+Options (all off by default, which is the seed's model): the decoder may upsample by nearest or
+bilinear interpolation followed by a 3x3 convolution instead of the transposed convolution (which
+tends to draw checkerboard patterns, Odena et al. 2016), have widths of its own (`decoder_dims`),
+and add residual blocks after each upsampling stage (`res_blocks`).
 """
 
 import math
@@ -12,14 +17,39 @@ import torch.nn.functional as F
 from torch import nn
 
 
+UPSAMPLES = ("transpose", "nearest", "bilinear")
+
+
 def _block(conv: nn.Module, channels: int, batch_norm: bool) -> nn.Sequential:
     norm = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
     return nn.Sequential(conv, norm, nn.LeakyReLU(0.2))
 
 
+def _upsample(c_in: int, c_out: int, mode: str) -> nn.Module:
+    """Double the size: a stride-2 transposed conv, or interpolation and a 3x3 conv (same output size)."""
+    if mode == "transpose":
+        return nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode=mode), nn.Conv2d(c_in, c_out, 3, padding=1))
+
+
+class ResBlock(nn.Module):
+    """x + conv(act(norm(conv(x)))) at constant size and width, then the activation (He et al. 2016)."""
+
+    def __init__(self, channels: int, batch_norm: bool):
+        super().__init__()
+        norm = (lambda: nn.BatchNorm2d(channels)) if batch_norm else nn.Identity
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), norm(), nn.LeakyReLU(0.2),
+                                  nn.Conv2d(channels, channels, 3, padding=1), norm())
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
 class ConvVAE(nn.Module):
     def __init__(self, latent_dim: int = 128, hidden_dims: list[int] | None = None,
-                 image_size: int = 64, in_channels: int = 3, batch_norm: bool = True):
+                 image_size: int = 64, in_channels: int = 3, batch_norm: bool = True,
+                 upsample: str = "transpose", decoder_dims: list[int] | None = None, res_blocks: int = 0):
         super().__init__()
         hidden_dims = list(hidden_dims or [32, 64, 128, 256, 512])
         self.latent_dim = latent_dim
@@ -36,17 +66,18 @@ class ConvVAE(nn.Module):
         self.fc_mu = nn.Linear(flat, latent_dim)
         self.fc_logvar = nn.Linear(flat, latent_dim)
 
-        self.decoder_input = nn.Linear(latent_dim, flat)
-        reversed_dims = hidden_dims[::-1]
+        # The decoder's widths, from the bottleneck up: the encoder's mirrored, or its own.
+        widths = list(decoder_dims) if decoder_dims else hidden_dims[::-1]
+        assert len(widths) == len(hidden_dims), "decoder_dims needs one width per encoder stage"
+        self.decoder_input = nn.Linear(latent_dim, widths[0] * self.bottleneck ** 2)
         decoder = []
-        # Each transposed conv doubles the size; the last one keeps its channels and a plain
+        # Each upsampling doubles the size; the last one keeps its channels and a plain
         # conv then maps them to RGB, so the final upsampling has room to shape details.
-        for c_in, c_out in zip(reversed_dims, reversed_dims[1:] + reversed_dims[-1:]):
-            up = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
-            decoder.append(_block(up, c_out, batch_norm))
-        self.decoder = nn.Sequential(*decoder, nn.Conv2d(reversed_dims[-1], in_channels, 3, padding=1),
-                                     nn.Sigmoid())
-        self._unflatten = nn.Unflatten(1, (hidden_dims[-1], self.bottleneck, self.bottleneck))
+        for c_in, c_out in zip(widths, widths[1:] + widths[-1:]):
+            decoder.append(_block(_upsample(c_in, c_out, upsample), c_out, batch_norm))
+            decoder += [ResBlock(c_out, batch_norm) for _ in range(res_blocks)]
+        self.decoder = nn.Sequential(*decoder, nn.Conv2d(widths[-1], in_channels, 3, padding=1), nn.Sigmoid())
+        self._unflatten = nn.Unflatten(1, (widths[0], self.bottleneck, self.bottleneck))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)
@@ -124,4 +155,5 @@ def bits_per_dim(nats_per_image: float, pixels: int) -> float:
 def build_model(model_cfg, image_size: int) -> ConvVAE:
     """The model a config describes (train.py and every script that loads a checkpoint)."""
     return ConvVAE(latent_dim=model_cfg.latent_dim, hidden_dims=model_cfg.hidden_dims,
-                   image_size=image_size, batch_norm=model_cfg.batch_norm)
+                   image_size=image_size, batch_norm=model_cfg.batch_norm, upsample=model_cfg.upsample,
+                   decoder_dims=model_cfg.decoder_dims, res_blocks=model_cfg.res_blocks)

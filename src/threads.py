@@ -73,7 +73,8 @@ class OtherPrograms:
     time in /proc/stat minus this process's). Linux only; elsewhere always True (measure anyway)."""
 
     def __init__(self):
-        self.last, self.busy = self._read(), True
+        self.last = self._read()
+        self.busy = self.last is None  # unknown until a first interval has passed: not busy, where readable
 
     @staticmethod
     def _read() -> tuple[int, int, float] | None:

@@ -1,5 +1,6 @@
-"""The pieces of a training run that train.py and the benchmark share: one optimisation step, a
-validation pass, and joining a torchrun job (device, ranks, collectives, who builds the data cache)."""
+"""The pieces of a training run that train.py and the benchmark share: one optimisation step, the
+learning-rate schedule, the weights' moving average, a validation pass, and joining a torchrun job
+(device, ranks, collectives, who builds the data cache)."""
 
 import contextlib
 import math
@@ -26,6 +27,34 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
     optimizer.step()
     return total.detach(), recon.detach(), kl.detach(), grad_norm.detach()
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig, steps_per_epoch: int
+                   ) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
+    """(scheduler, stepped after every optimizer step?). The seed's schedule is ExponentialLR stepped
+    once per epoch; a warm-up or the cosine schedule make it a per-step LambdaLR: a linear warm-up over
+    train.warmup_steps, then x lr_gamma per epoch, or a cosine from lr to 0 over the whole run
+    (Loshchilov & Hutter 2017)."""
+    if t.lr_schedule == "exponential" and t.warmup_steps == 0:
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=t.lr_gamma), False
+    total = t.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else 1.0
+        if t.lr_schedule == "cosine":
+            return warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        return warm * t.lr_gamma ** (step // steps_per_epoch)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the weights and BatchNorm statistics (None when decay is 0):
+    after each step ema = decay * ema + (1 - decay) * weights; the first update copies the weights."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 @torch.no_grad()

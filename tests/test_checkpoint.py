@@ -1,7 +1,9 @@
 import argparse
+import json
 import os
 import pickle
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +160,29 @@ def test_cuda_rng_is_saved_and_restored_for_this_device_only(monkeypatch):
     assert len(calls) == 1 and calls[0][1] == device and calls[0][0].tolist() == list(range(16))
     set_rng_state(state, torch.device("cpu"))  # resumed on a CPU: the GPU state is simply unused
     assert len(calls) == 1
+
+
+def test_checkpoints_with_and_without_the_new_keys_load(tmp_path):
+    """A checkpoint written before the faces recipe's options (its config lacks them) loads as the seed's
+    model; one that kept a moving average of its weights is evaluated with that average."""
+    import train
+    cfg = tiny_config(tmp_path, model={"upsample": "nearest", "res_blocks": 1}, train={"ema_decay": 0.5})
+    train.main(["--config", str(tmp_path / "config.json")])
+    state = load_checkpoint(Path(cfg.paths.checkpoint_dir) / "best_vae.pth")
+    assert set(state["ema"]) >= set(state["model"]) and state["ema_updates"] > 0
+    model, _ = model_from_checkpoint(state)
+    ema_weight = state["ema"]["decoder.0.0.1.weight"]
+    assert torch.equal(model.state_dict()["decoder.0.0.1.weight"], ema_weight)
+    assert not torch.equal(ema_weight, state["model"]["decoder.0.0.1.weight"])
+
+    old = {k: v for k, v in state.items() if k not in ("ema", "ema_updates")}
+    old["config"] = json.loads(json.dumps(state["config"]))
+    for section, keys in {"model": ("upsample", "decoder_dims", "res_blocks"),
+                          "train": ("lr_schedule", "warmup_steps", "ema_decay")}.items():
+        for key in keys:
+            del old["config"][section][key]
+    (tmp_path / "seed").mkdir()
+    seed_model = tiny_config(tmp_path / "seed")
+    old["model"] = build_model(seed_model.model, seed_model.data.image_size).state_dict()
+    model, cfg = model_from_checkpoint(old)
+    assert (cfg.model.upsample, cfg.model.res_blocks, cfg.train.ema_decay) == ("transpose", 0, 0.0)

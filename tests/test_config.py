@@ -8,7 +8,8 @@ from src.errors import ConfigError
 
 
 # Keys added after the seed: config/config.json stays the seed's file, and these default to its behaviour.
-ADDED_SINCE_THE_SEED = {"data": {"align"}, "train": {"threads"}}
+ADDED_SINCE_THE_SEED = {"data": {"align"}, "model": {"upsample", "decoder_dims", "res_blocks"},
+                        "train": {"threads", "lr_schedule", "warmup_steps", "ema_decay"}}
 
 
 def test_config_json_is_the_seeds_setup_with_the_schema_defaults():

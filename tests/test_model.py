@@ -87,3 +87,86 @@ def test_the_calibrated_sigma_reaches_the_batch_mse_and_maximises_the_likelihood
 def test_bits_per_dim_is_the_8_bit_scale():
     assert bits_per_dim(0.0, 12288) == pytest.approx(8.0)  # density 1 on [0, 1] = 1/256 per 8-bit level
     assert bits_per_dim(12288 * math.log(2), 12288) == pytest.approx(9.0)
+
+
+# --------------------------------------------------------------------------- the faces recipe's options
+
+SEED_MODEL_DIGEST = "18fca054789934021579c1f8f8f1cad3870331d21c87dfaa99b3eb35a62d1d47"  # the seed's code, seed 0
+
+
+def test_the_default_options_build_the_seeds_model_bit_for_bit():
+    """New options default to the seed's model: the same modules, names and initial weights. The digest
+    was computed with the seed's src/model.py (before the options existed) under torch.manual_seed(0)."""
+    import hashlib
+    from src.config import ModelConfig
+    from src.model import build_model
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), 64)
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().contiguous().numpy().tobytes())
+    assert digest.hexdigest() == SEED_MODEL_DIGEST
+
+
+@pytest.mark.parametrize("upsample, decoder_dims, res_blocks", [
+    ("nearest", None, 0), ("bilinear", None, 1), ("transpose", [32, 32, 24, 16, 16], 0), ("nearest", [64, 32, 32, 32, 32], 2),
+])
+def test_decoder_options_keep_the_shapes(upsample, decoder_dims, res_blocks):
+    model = ConvVAE(latent_dim=12, hidden_dims=[8, 16, 16, 32, 32], image_size=64, upsample=upsample,
+                    decoder_dims=decoder_dims, res_blocks=res_blocks)
+    x = torch.rand(2, 3, 64, 64)
+    x_hat, mu, _ = model(x)
+    assert x_hat.shape == x.shape and mu.shape == (2, 12)
+    kinds = [type(m).__name__ for m in model.decoder.modules()]
+    assert kinds.count("ConvTranspose2d") == (5 if upsample == "transpose" else 0)
+    assert kinds.count("Upsample") == (0 if upsample == "transpose" else 5)
+    assert kinds.count("ResBlock") == 5 * res_blocks
+    if decoder_dims:
+        assert model.decoder_input.out_features == decoder_dims[0] * 2 * 2
+
+
+def test_a_residual_block_with_a_zero_body_passes_its_input_through_the_activation():
+    from src.model import ResBlock
+    block = ResBlock(4, batch_norm=False)
+    torch.nn.init.zeros_(block.body[3].weight)
+    torch.nn.init.zeros_(block.body[3].bias)
+    x = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(block(x), torch.nn.functional.leaky_relu(x, 0.2))
+
+
+def test_the_weights_moving_average_follows_its_update_rule():
+    from src.training import make_ema
+    layer = torch.nn.Linear(1, 1, bias=False)
+    ema = make_ema(layer, 0.9)
+    values = [2.0, 4.0, -1.0]
+    for v in values:
+        layer.weight.data.fill_(v)
+        ema.update_parameters(layer)
+    expected = 0.9 * (0.9 * 2.0 + 0.1 * 4.0) + 0.1 * -1.0  # the first update copies the weights
+    assert ema.module.weight.item() == pytest.approx(expected) and int(ema.n_averaged) == 3
+    assert make_ema(layer, 0.0) is None
+
+
+def test_learning_rate_schedules():
+    from src.config import TrainConfig
+    from src.training import make_scheduler
+
+    def lrs(steps_per_epoch=10, **keys) -> tuple[list[float], bool]:
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        scheduler, per_step = make_scheduler(optimizer, TrainConfig(epochs=3, **keys), steps_per_epoch)
+        seen = []
+        for _ in range(30 if per_step else 3):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen, per_step
+
+    seed, per_step = lrs()
+    assert not per_step and seed == pytest.approx([1.0, 0.95, 0.95 ** 2])  # the seed's, once per epoch
+    cosine, per_step = lrs(lr_schedule="cosine", warmup_steps=5)
+    assert per_step and cosine[:5] == pytest.approx([0.2 * (i + 1) * 0.5 * (1 + math.cos(math.pi * i / 30))
+                                                     for i in range(5)])
+    assert cosine[15] == pytest.approx(0.5) and cosine[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 29 / 30)))
+    warm, _ = lrs(warmup_steps=4)
+    assert warm[:5] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0]) and warm[10] == pytest.approx(0.95)

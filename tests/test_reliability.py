@@ -21,9 +21,9 @@ from tests.conftest import make_celeba, tiny_config
 REPO = Path(__file__).resolve().parent.parent
 
 
-def slow_config(tmp_path, name: str, **train_keys) -> Path:
+def slow_config(tmp_path, name: str, model: dict | None = None, **train_keys) -> Path:
     """Enough steps per epoch (400 images, batch 4) that a signal lands mid-epoch."""
-    tiny_config(tmp_path, data={"synthetic_train": 400},
+    tiny_config(tmp_path, data={"synthetic_train": 400}, model={"latent_dim": 8, "hidden_dims": [8, 16], **(model or {})},
                 train={"epochs": 3, "batch_size": 4, "log_every": 5, **train_keys},
                 paths={"checkpoint_dir": str(tmp_path / name / "checkpoints"),
                        "results_dir": str(tmp_path / name / "results")})
@@ -60,14 +60,21 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
     assert history[-1]["train_total"] == pytest.approx(straight["history"][-1]["train_total"], rel=1e-6)
 
 
-@pytest.mark.parametrize("thread_count", [1, 2])
-def test_interrupt_mid_epoch_resumes_exactly(tmp_path, monkeypatch, thread_count):
-    """Bitwise at any forced train.threads (for "auto" see test_auto_is_bitwise_the_run_...)."""
-    config = slow_config(tmp_path, "straight", epochs=2, threads=thread_count)
+FACES_OPTIONS = {"model": {"upsample": "nearest", "res_blocks": 1},
+                 "train": {"ema_decay": 0.99, "lr_schedule": "cosine", "warmup_steps": 20}}
+
+
+@pytest.mark.parametrize("options, thread_count", [({}, 1), ({}, 2), (FACES_OPTIONS, 1)],
+                         ids=["seed-1-thread", "seed-2-threads", "faces-options"])
+def test_interrupt_mid_epoch_resumes_exactly(tmp_path, monkeypatch, options, thread_count):
+    """Bitwise at any forced train.threads (for "auto" see test_auto_is_bitwise_the_run_...), with the
+    faces recipe's options too (EMA, per-step schedule)."""
+    model, keys = options.get("model"), {**options.get("train", {}), "threads": thread_count}
+    config = slow_config(tmp_path, "straight", model, epochs=2, **keys)
     train.main(["--config", str(config)])
     straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last_vae.pth")
 
-    config = slow_config(tmp_path, "interrupted", epochs=2, threads=thread_count)
+    config = slow_config(tmp_path, "interrupted", model, epochs=2, **keys)
     calls = {"n": 0}
     real_loss = training.vae_loss
 
@@ -87,8 +94,10 @@ def test_interrupt_mid_epoch_resumes_exactly(tmp_path, monkeypatch, thread_count
     monkeypatch.setattr(training, "vae_loss", real_loss)
     train.main(["--config", str(config), "--resume"])
     resumed = load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "last_vae.pth")
-    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
+    for weights in ("model", "ema") if options else ("model",):
+        assert all(torch.equal(straight[weights][k], resumed[weights][k]) for k in straight[weights])
     assert resumed["history"][-1]["train_total"] == straight["history"][-1]["train_total"]
+    assert resumed["history"][-1]["val_total"] == straight["history"][-1]["val_total"]
 
 
 def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tmp_path):

@@ -113,3 +113,11 @@ def test_the_calibrated_gaussian_decoder_trains_in_nats_and_evaluates(tmp_path, 
     assert z["recon"] > 0 and z["elbo_nats"] == pytest.approx(z["nll_nats"] + z["kl"])  # seed's units too
     with pytest.raises(Exception, match="trained with train.recon_loss=gaussian"):
         train.main(["--config", path, "--resume", "train.recon_loss=mse_sum", "train.epochs=3"])
+
+
+def test_a_resume_with_another_learning_rate_schedule_is_refused(tmp_path, config_file):
+    path = str(config_file())
+    train.main(["--config", path])
+    for override in ("train.lr_schedule=cosine", "train.warmup_steps=10"):
+        with pytest.raises(Exception, match="another learning-rate schedule"):
+            train.main(["--config", path, "--resume", "train.epochs=2", override])
