@@ -338,7 +338,7 @@ def serve_editor(args) -> None:
     from src.editor import create_app, listen, serve  # fastapi and uvicorn: only when serving
     sock = listen(args.host, args.port)
     model, cfg, state, checkpoint = load_trained(args)
-    configure_threads(cfg.train.threads, next(model.parameters()).device)  # "auto" tunes on the decodes
+    configure_threads(cfg.train.threads, next(model.parameters()).device, measure_alone=True)  # tunes on decodes
     print(f"{checkpoint} (epoch {state.get('epoch')}), {cfg.data.image_size}x{cfg.data.image_size} images, "
           f"latent {model.latent_dim}; photos {'aligned like CelebA' if aligns(args, cfg) else 'not aligned'}")
     app = create_app(model, cfg, checkpoint, aligns(args, cfg), host=args.host, method=args.method,

@@ -189,7 +189,7 @@ def rate(images: int, unit: Callable[[], object], seconds: float, tuner: ThreadT
 
 
 def measure_threads(work: tuple[int, Callable[[], object]], cores: int, seconds: float, busy: int,
-                    bar: tqdm) -> dict:
+                    bar: tqdm, measure_alone: bool = False) -> dict:
     """Images/s at each fixed count and under auto, with `busy` busy programs running."""
     images, unit = work
     out = {}
@@ -200,8 +200,9 @@ def measure_threads(work: tuple[int, Callable[[], object]], cores: int, seconds:
             for _ in range(THREAD_WARMUP):
                 unit()
             said = []
-            tuner = ThreadTuner(cores, apply=torch.set_num_threads, say=said.append, others_busy=OtherPrograms()) \
-                if setting == "auto" else None  # as configure_threads makes it
+            others = (lambda: True) if measure_alone else OtherPrograms()  # as configure_threads makes it
+            tuner = ThreadTuner(cores, apply=torch.set_num_threads, say=said.append, others_busy=others) \
+                if setting == "auto" else None
             out[str(setting)] = rate(images, unit, seconds, tuner)
         bar.update()
     fixed = {k: v for k, v in out.items() if k != "auto"}
@@ -221,7 +222,8 @@ def thread_comparison(args, cfg, batch_size: int, amp: bool) -> dict:
         with tqdm(total=len(args.work) * len(loads) * (cores + 1), desc="thread counts", unit="run") as bar:
             for name in args.work:
                 work = thread_work(name, cfg, batch_size, amp)
-                report["work"][name] = {load: measure_threads(work, cores, args.seconds, n, bar)
+                alone = name == "decode"  # as the editor measures: see configure_threads
+                report["work"][name] = {load: measure_threads(work, cores, args.seconds, n, bar, alone)
                                         for load, n in loads.items()}
     finally:
         torch.set_num_threads(before)

@@ -243,11 +243,14 @@ _active: ThreadTuner | None = None
 
 
 def configure_threads(setting: int | str, device: torch.device, say: Callable[[str], None] = tqdm.write,
-                      ) -> ThreadTuner | None:
+                      measure_alone: bool = False) -> ThreadTuner | None:
     """Apply train.threads at a script's startup and print one line; returns the tuner under "auto" on the CPU.
 
     An integer sets that count on every device (on CUDA/MPS it is the CPU side's). "auto" on CUDA or
-    MPS changes nothing: the CPU only feeds the accelerator there.
+    MPS changes nothing: the CPU only feeds the accelerator there. By default auto tries fewer threads
+    only while other programs use the CPU, so that results stay those of the full count on an idle
+    machine; `measure_alone` (the editor, whose numbers are latencies) measures regardless: one
+    image's decode runs faster on one thread even alone.
     """
     global _active
     _active = None
@@ -262,10 +265,10 @@ def configure_threads(setting: int | str, device: torch.device, say: Callable[[s
     whose = f"{available_cores()} cores / {ranks} ranks" if ranks > 1 else f"{available_cores()} cores"
     ignored = f"; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} ignored, train.threads=N forces a count" \
         if "OMP_NUM_THREADS" in os.environ else ""
-    _active = ThreadTuner(share, say=say, others_busy=OtherPrograms())
+    _active = ThreadTuner(share, say=say, others_busy=(lambda: True) if measure_alone else OtherPrograms())
     others = [n for n in ladder(share) if n != share][-1:]
-    plan = f"while other programs use the CPU, times {share} against {others[0]} and keeps the faster" \
-        if others else "nothing to choose"
+    when = "" if measure_alone else "while other programs use the CPU, "
+    plan = f"{when}times {share} against {others[0]} and keeps the faster" if others else "nothing to choose"
     say(f"threads {share} (auto: {whose}; {plan}{ignored})")
     return _active
 
