@@ -254,6 +254,7 @@ def test_auto_is_bitwise_the_run_with_the_same_thread_count_at_every_step(tmp_pa
     are fake (one thread twice as fast) so that auto measures and switches at known steps."""
     monkeypatch.setattr(threads, "available_cores", lambda: 2)
     monkeypatch.setattr(threads, "perf_counter", fake_clock({1: 0.5, 2: 1.0}))
+    monkeypatch.setattr(threads.OtherPrograms, "__call__", lambda self: True)  # a busy machine: auto measures
     counts, real_step = [], train.train_step
 
     def logged_step(*args):
@@ -279,6 +280,18 @@ def test_auto_is_bitwise_the_run_with_the_same_thread_count_at_every_step(tmp_pa
     replayed = load_checkpoint(tmp_path / "replayed" / "checkpoints" / "last_vae.pth")
     assert all(torch.equal(auto["model"][k], replayed["model"][k]) for k in auto["model"])
     assert next(schedule, None) is None
+
+
+def test_auto_on_an_idle_machine_is_bitwise_the_forced_full_count(tmp_path, monkeypatch):
+    """Alone on the machine auto never tries fewer threads, so the seed's numbers hold under the default."""
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(threads.OtherPrograms, "__call__", lambda self: False)
+    runs = {}
+    for setting in ("auto", 2):
+        train.main(["--config", str(slow_config(tmp_path, str(setting), epochs=1, threads=setting))])
+        runs[setting] = load_checkpoint(tmp_path / str(setting) / "checkpoints" / "last_vae.pth")
+    assert runs["auto"]["history"][0]["threads"] == {"2": 100}
+    assert all(torch.equal(runs["auto"]["model"][k], runs[2]["model"][k]) for k in runs[2]["model"])
 
 
 def test_a_resume_may_move_the_data_cache_and_workers(tmp_path, monkeypatch):
