@@ -139,12 +139,14 @@ def test_the_weights_moving_average_follows_its_update_rule():
     from src.training import make_ema
     layer = torch.nn.Linear(1, 1, bias=False)
     ema = make_ema(layer, 0.9)
-    values = [2.0, 4.0, -1.0]
-    for v in values:
+    expected = None
+    for n, v in enumerate([2.0, 4.0, -1.0, 3.0, 5.0, 0.5] + [1.0] * 200):
         layer.weight.data.fill_(v)
         ema.update_parameters(layer)
-    expected = 0.9 * (0.9 * 2.0 + 0.1 * 4.0) + 0.1 * -1.0  # the first update copies the weights
-    assert ema.module.weight.item() == pytest.approx(expected) and int(ema.n_averaged) == 3
+        d = min(0.9, (1 + n) / (10 + n))  # the n-th update after the first, which copies the weights
+        expected = v if expected is None else d * expected + (1 - d) * v
+        assert ema.module.weight.item() == pytest.approx(expected)
+    assert int(ema.n_averaged) == 206 and ema.module.weight.item() == pytest.approx(1.0, abs=1e-6)
     assert make_ema(layer, 0.0) is None
 
 
