@@ -48,7 +48,7 @@ from src.config import argument_parser, load_config
 from src.dataset import SPLITS, Batches, find_celeba, load_split, preprocess, read_partition
 from src.errors import UserError, run_cli
 from src.model import build_model
-from src.threads import OtherPrograms, ThreadTuner, available_cores
+from src.threads import ThreadTuner, available_cores, others_busy_check
 from src.training import train_step
 from src.utils import atomic_write, choose_bf16, ensure_writable_dir, pick_device, to_device
 
@@ -200,8 +200,8 @@ def measure_threads(work: tuple[int, Callable[[], object]], cores: int, seconds:
             for _ in range(THREAD_WARMUP):
                 unit()
             said = []
-            others = (lambda: True) if measure_alone else OtherPrograms()  # as configure_threads makes it
-            tuner = ThreadTuner(cores, apply=torch.set_num_threads, say=said.append, others_busy=others) \
+            tuner = ThreadTuner(cores, apply=torch.set_num_threads, say=said.append,
+                                others_busy=others_busy_check(measure_alone)) \
                 if setting == "auto" else None
             out[str(setting)] = rate(images, unit, seconds, tuner)
         bar.update()

@@ -40,7 +40,9 @@ MIN_UNIT_S = 0.1     # shorter units (one decode: 2-3 ms) are pooled into one of
 OTHERS_EVERY_S = 0.5  # other programs' CPU use is read over at least this long (the kernel counts in 10 ms)
 MARGIN = 0.05        # another count must be this much faster to be chosen (hysteresis)
 CLEARLY_SLOWER = 1.3  # a probe stops after one unit this much slower than the current count
-OTHERS_BUSY = 0.5    # other programs using this many cores or more make fewer threads worth measuring
+OTHERS_BUSY = 0.5    # other programs using this many cores or more make fewer threads worth measuring ...
+OTHERS_SUSTAINED_S = 2.0  # ... once they have for this long: a blip (a file sync, a shell command, the tail
+                          # of a pip install) would move a quickstart off the full count's numbers for nothing
 DRIFT = 0.3          # the current count this much slower or faster than when chosen: the load changed, measure
 PERIOD_S = 60.0      # seconds of timed work between measurements; doubles while the choice holds ...
 MAX_PERIOD_S = 180.0  # ... up to this
@@ -69,12 +71,14 @@ def ladder(max_threads: int) -> list[int]:
 
 
 class OtherPrograms:
-    """Whether other programs are using the CPU: the cores they used since the last call (all CPU
-    time in /proc/stat minus this process's). Linux only; elsewhere always True (measure anyway)."""
+    """Whether other programs have been using the CPU for OTHERS_SUSTAINED_S: the cores they used in
+    each interval between calls (all CPU time in /proc/stat minus this process's). Linux only;
+    elsewhere always True (measure anyway)."""
 
     def __init__(self):
         self.last = self._read()
         self.busy = self.last is None  # unknown until a first interval has passed: not busy, where readable
+        self.busy_since = None         # when the current run of busy intervals began (see __call__)
 
     @staticmethod
     def _read() -> tuple[int, int, float] | None:
@@ -95,8 +99,16 @@ class OtherPrograms:
         (busy0, mine0, t0), (busy1, mine1, t1) = self.last, now
         if t1 - t0 >= OTHERS_EVERY_S:  # sooner, keep the last verdict
             cores = ((busy1 - busy0) - (mine1 - mine0)) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
-            self.last, self.busy = now, cores >= OTHERS_BUSY
+            # Counted from the end of the first busy interval: one long interval is not a sustained load.
+            self.busy_since = (t1 if self.busy_since is None else self.busy_since) if cores >= OTHERS_BUSY else None
+            self.last = now
+            self.busy = self.busy_since is not None and t1 - self.busy_since >= OTHERS_SUSTAINED_S
         return self.busy
+
+
+def others_busy_check(measure_alone: bool) -> Callable[[], bool]:
+    """The tuner's others_busy: always True when measuring alone too, else OtherPrograms()."""
+    return (lambda: True) if measure_alone else OtherPrograms()
 
 
 def _plural(n: int) -> str:
@@ -265,7 +277,7 @@ def configure_threads(setting: int | str, device: torch.device, say: Callable[[s
     whose = f"{available_cores()} cores / {ranks} ranks" if ranks > 1 else f"{available_cores()} cores"
     ignored = f"; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} ignored, train.threads=N forces a count" \
         if "OMP_NUM_THREADS" in os.environ else ""
-    _active = ThreadTuner(share, say=say, others_busy=(lambda: True) if measure_alone else OtherPrograms())
+    _active = ThreadTuner(share, say=say, others_busy=others_busy_check(measure_alone))
     others = [n for n in ladder(share) if n != share][-1:]
     when = "" if measure_alone else "while other programs use the CPU, "
     plan = f"{when}times {share} against {others[0]} and keeps the faster" if others else "nothing to choose"
