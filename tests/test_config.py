@@ -31,6 +31,16 @@ def test_quickstart_is_synthetic_and_valid():
     assert cfg.model.hidden_dims == [32, 64, 128, 256, 512]
 
 
+def test_faces_recipe_is_the_seed_config_plus_its_levers():
+    """config/faces.json changes only what the README's faces recipe names, and writes beside the seed's run."""
+    faces, seed = asdict(load_config("config/faces.json")), asdict(load_config("config/config.json"))
+    changed = {(section, key): value for section in seed for key, value in faces[section].items()
+               if seed[section][key] != value}
+    assert changed == {("train", "epochs"): 28, ("train", "batch_size"): 64, ("train", "recon_loss"): "gaussian",
+                       ("train", "ema_decay"): 0.998, ("paths", "checkpoint_dir"): "checkpoints/faces",
+                       ("paths", "results_dir"): "results/faces"}
+
+
 @pytest.mark.parametrize("text, key, value", [
     ("train.epochs=3", "train.epochs", 3),
     ("train.lr=3e-4", "train.lr", 3e-4),
