@@ -99,8 +99,10 @@ class OtherPrograms:
         (busy0, mine0, t0), (busy1, mine1, t1) = self.last, now
         if t1 - t0 >= OTHERS_EVERY_S:  # sooner, keep the last verdict
             cores = ((busy1 - busy0) - (mine1 - mine0)) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
-            # Counted from the end of the first busy interval: one long interval is not a sustained load.
-            self.busy_since = (t1 if self.busy_since is None else self.busy_since) if cores >= OTHERS_BUSY else None
+            if cores < OTHERS_BUSY:
+                self.busy_since = None
+            elif self.busy_since is None:  # from the end of the first busy interval: one long one is no load
+                self.busy_since = t1
             self.last = now
             self.busy = self.busy_since is not None and t1 - self.busy_since >= OTHERS_SUSTAINED_S
         return self.busy
