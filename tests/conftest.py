@@ -152,7 +152,7 @@ def chromium_or_skip() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if missing is None and path is None:
         missing = ("no system Chromium: install it (Debian/Ubuntu: apt-get install -y --no-install-recommends "
-                   "chromium) to run them; `playwright install` is not needed")
+                   "chromium) to run them; playwright's own browser download is not used")
     if missing:
         if os.environ.get("CI"):
             pytest.fail(f"browser tests cannot run under CI: {missing}")
