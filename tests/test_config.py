@@ -36,9 +36,9 @@ def test_faces_recipe_is_the_seed_config_plus_its_levers():
     faces, seed = asdict(load_config("config/faces.json")), asdict(load_config("config/config.json"))
     changed = {(section, key): value for section in seed for key, value in faces[section].items()
                if seed[section][key] != value}
-    assert changed == {("data", "hflip"): True, ("train", "epochs"): 28, ("train", "batch_size"): 64, ("train", "recon_loss"): "gaussian",
-                       ("train", "ema_decay"): 0.998, ("paths", "checkpoint_dir"): "checkpoints/faces",
-                       ("paths", "results_dir"): "results/faces"}
+    assert changed == {("data", "hflip"): True, ("train", "epochs"): 28, ("train", "batch_size"): 64,
+                       ("train", "recon_loss"): "gaussian", ("train", "ema_decay"): 0.998,
+                       ("paths", "checkpoint_dir"): "checkpoints/faces", ("paths", "results_dir"): "results/faces"}
 
 
 @pytest.mark.parametrize("text, key, value", [
