@@ -9,138 +9,14 @@ the evaluate.py results of many runs by (train.recon_loss, train.beta), prints a
 mean +- std over the runs (seeds) of each group, and plots MIG and reconstruction error against beta.
 """
 
-import json
-import math
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt
-from matplotlib.ticker import NullLocator
-
-from src.config import argument_parser, load_config
-from src.errors import UserError, run_cli
-
-PANELS = [("total", "total loss (recon + β·KL)"), ("recon", "reconstruction (SSE per image)"),
-          ("kl", "KL divergence (nats)")]
-GAUSSIAN_PANELS = [("total", "total loss (NLL + β·KL, nats)"), ("recon", "reconstruction (Gaussian NLL, nats)"),
-                   ("kl", "KL divergence (nats)")]
-
-
-def read_history(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise UserError(f"no training history at '{path}' yet; run train.py first (it writes history.json "
-                        "after each epoch) or pass --history PATH")
-    try:
-        history = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON (line {e.lineno}); re-run train.py to rewrite it") from None
-    if not isinstance(history, list) or not history:
-        raise UserError(f"{path} holds no finished epoch yet; wait for the first epoch to end")
-    return history
-
-
-def plot_history(history: list[dict], out: Path) -> Path:
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
-    panels = PANELS if "val_bpd" not in history[0] else GAUSSIAN_PANELS  # a calibrated decoder: nats
-    for ax, (key, title) in zip(axes.flat, panels):
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
-        ax.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="val")
-        ax.set(title=title, xlabel="epoch", ylabel=key)
-        ax.legend()
-        ax.grid(alpha=0.3)
-    ax = axes.flat[3]
-    ax.plot(epochs, [h["grad_norm"] for h in history], "o-", color="tab:red", label="mean pre-clip norm")
-    ax.set(title="gradient norm (before clipping)", xlabel="epoch", ylabel="L2 norm")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    for ax in axes.flat:
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    last = history[-1]
-    fig.suptitle(f"{len(history)} epochs; last: val total {last['val_total']:.1f}, "
-                 f"recon {last['val_recon']:.1f}, KL {last['val_kl']:.1f}", fontsize=13)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-# (key, column title, value read from a metrics.json)
-SWEEP_COLUMNS = [
-    ("recon", "recon (SSE)", lambda m: m["z_sampled"]["recon"]),
-    ("kl", "KL", lambda m: m["z_sampled"]["kl"]),
-    ("active", "active units", lambda m: m["latent"]["active_units"]),
-    ("mig", "MIG", lambda m: m["disentanglement"]["mig"]),
-    ("dci_d", "DCI-D", lambda m: m["disentanglement"]["dci_disentanglement"]),
-    ("sap", "SAP", lambda m: m["disentanglement"]["sap"]),
-    ("fid", "prior FID", lambda m: m["generative"]["prior_vs_test"]["fid"] if m.get("generative") else math.nan),
-]
-
-
-def read_sweep(directory: Path) -> dict[tuple[str, float], list[dict]]:
-    """Every metrics.json below `directory`, grouped by (recon_loss, beta)."""
-    groups: dict[tuple[str, float], list[dict]] = {}
-    for path in sorted(directory.rglob("metrics.json")):
-        metrics = json.loads(path.read_text())
-        if "disentanglement" not in metrics or "mig" not in (metrics["disentanglement"] or {}):
-            raise UserError(f"{path} has no MIG/DCI/SAP: evaluate runs on data with factor labels (synthetic faces)")
-        groups.setdefault((metrics.get("recon_loss", "mse_sum"), metrics["beta"]), []).append(metrics)
-    if not groups:
-        raise UserError(f"no metrics.json under '{directory}'; run evaluate.py with paths.results_dir in it first")
-    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0] != "mse_sum", kv[0][1])))
-
-
-def sweep_summary(groups: dict[tuple[str, float], list[dict]]) -> dict[tuple[str, float], dict]:
-    """Per group: {column key: (mean, std over the runs, ddof=1; 0 for a single run)} and the run count."""
-    summary = {}
-    for group, runs in groups.items():
-        values = {key: np.array([read(m) for m in runs], dtype=float) for key, _, read in SWEEP_COLUMNS}
-        summary[group] = {key: (v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0) for key, v in values.items()}
-        summary[group]["runs"] = len(runs)
-    return summary
-
-
-def sweep_table(summary: dict) -> str:
-    """A Markdown table: one row per (recon_loss, beta), mean +- std over seeds (the value, for one run)."""
-    lines = ["| recon_loss | beta | runs | " + " | ".join(title for _, title, _ in SWEEP_COLUMNS) + " |",
-             "|---|---|---|" + "---|" * len(SWEEP_COLUMNS)]
-    digits = {k: 3 if k in ("mig", "dci_d", "sap") else 1 for k, _, _ in SWEEP_COLUMNS}
-    for (loss, beta), row in summary.items():
-        # One run has no spread to show: its value alone, not a misleading "± 0".
-        cells = [f"{row[k][0]:.{d}f} ± {row[k][1]:.{d}f}" if row["runs"] > 1 else f"{row[k][0]:.{d}f}"
-                 for k, d in digits.items()]
-        lines.append(f"| {loss} | {beta:g} | {row['runs']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_sweep(summary: dict, out: Path) -> Path:
-    """MIG and reconstruction error against beta (log scale), mean +- std over seeds."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for loss, marker in (("mse_sum", "o-"), ("gaussian", "s")):
-        groups = [(beta, row) for (l, beta), row in summary.items() if l == loss]
-        if not groups:
-            continue
-        betas = [beta for beta, _ in groups]
-        for ax, key in zip(axes, ("mig", "recon")):
-            ax.errorbar(betas, [row[key][0] for _, row in groups], yerr=[row[key][1] for _, row in groups],
-                        fmt=marker, capsize=4, label=f"recon_loss={loss}")
-    swept = sorted({beta for _, beta in summary})
-    for ax, title in zip(axes, ("MIG (higher: more disentangled)", "reconstruction error (SSE per image)")):
-        ax.set(xscale="log", xlabel="beta (KL weight)", title=title)
-        ax.set_xticks(swept, [f"{b:g}" for b in swept])  # the swept values, not 10^x
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.axvline(1.2, color="gray", ls=":", lw=1)
-        ax.legend()
-        ax.grid(alpha=0.3)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+from src.cli import argument_parser
+from src.config import load_config
+from src.curves import plot_history, plot_sweep, read_history, read_sweep, sweep_summary, sweep_table
+from src.errors import run_cli
+from src.files import MissingFile
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -162,7 +38,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     results_dir = Path(load_config(args.config, args.overrides).paths.results_dir)
     history_path = Path(args.history) if args.history else results_dir / "history.json"
     out = Path(args.out) if args.out else history_path.parent / "training_curves.png"
-    history = read_history(history_path)
+    try:
+        history = read_history(history_path)
+    except MissingFile as e:
+        raise MissingFile(f"{e}, or pass --history PATH") from None
     plot_history(history, out)
     print(f"plotted {len(history)} epochs from {history_path} -> {out}")
 

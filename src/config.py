@@ -8,17 +8,16 @@ can (numbers, true/false, lists) and as a plain string otherwise. Unknown keys, 
 types and impossible values raise ConfigError with a one-line message naming the key.
 """
 
-import argparse
 import copy
 import json
-import re
-import sys
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from src.errors import ConfigError
+from src.files import read_json
+from src.model import UPSAMPLES
 
 # The default config lives in the repo, so scripts find it from any working directory.
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.json"
@@ -26,7 +25,6 @@ DATASETS = ("celeba", "folder", "synthetic")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 RECON_LOSSES = ("mse_sum", "gaussian")
 LR_SCHEDULES = ("exponential", "cosine")
-UPSAMPLES = ("transpose", "nearest", "bilinear")
 
 
 @dataclass
@@ -50,7 +48,7 @@ class ModelConfig:
     latent_dim: int = 128
     hidden_dims: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     batch_norm: bool = True
-    upsample: str = "transpose"          # decoder upsampling: transpose (the seed's) | nearest | bilinear (+ 3x3 conv)
+    upsample: str = "transpose"          # decoder upsampling: transpose (the baseline's) | nearest | bilinear (+ 3x3 conv)
     decoder_dims: list[int] = field(default_factory=list)  # decoder widths from the bottleneck up; [] = mirror
     res_blocks: int = 0                  # residual blocks after each decoder upsampling stage
 
@@ -66,7 +64,7 @@ class TrainConfig:
     ema_decay: float = 0.0               # exponential moving average of the weights (e.g. 0.999), used for
                                          # validation, evaluation and sampling; 0 = off
     beta: float = 1.2                    # weight of the KL term
-    recon_loss: str = "mse_sum"          # mse_sum (the seed's) | gaussian (calibrated sigma, loss in nats)
+    recon_loss: str = "mse_sum"          # mse_sum (the baseline's) | gaussian (calibrated sigma, loss in nats)
     sigma_min: float = 0.0025            # gaussian: soft floor on the calibrated sigma (sigma-VAE: exp(-6) = 0.00248)
     grad_clip: float = 1.0               # max gradient norm; 0 disables clipping
     seed: int = 42
@@ -136,13 +134,9 @@ def _set_key(cfg: Config, dotted: str, value: object, source: str) -> None:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found; pass --config PATH "
-                          "(e.g. config/config.json or config/quickstart.json)")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    missing = ConfigError(f"config file '{path}' not found; name an existing file (e.g. config/config.json or "
+                          "config/quickstart.json)")
+    raw = read_json(path, missing, f"{path}: invalid JSON at line {{line}}, column {{column}}: {{msg}}", ConfigError)
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
         raise ConfigError(f"{path}: expected an object of sections, like "
                           '{"train": {"epochs": 15}}')
@@ -161,7 +155,7 @@ def parse_override(text: str) -> tuple[str, object]:
         return key.strip(), raw
 
 
-def validate(cfg: Config) -> None:
+def check_values(cfg: Config) -> None:
     """Reject values no run could use, naming the key and what is allowed."""
     d, m, t = cfg.data, cfg.model, cfg.train
     checks = [
@@ -228,7 +222,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     for text in overrides:
         key, value = parse_override(text)
         _set_key(cfg, key, value, "override")
-    validate(cfg)
+    check_values(cfg)
     return cfg
 
 
@@ -238,32 +232,5 @@ def config_from_dict(raw: dict) -> Config:
     for section, values in raw.items():
         for key, value in values.items():
             _set_key(cfg, f"{section}.{key}", value, "checkpoint config")
-    validate(cfg)
+    check_values(cfg)
     return cfg
-
-
-OVERRIDE = re.compile(r"^[A-Za-z_]+\.[A-Za-z_]+=")  # section.key=value
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def parse_args(self, args=None, namespace=None):
-        """Options may stand between the overrides, and an override may follow a many-valued option
-        (--edit Smiling data.root=...): overrides are recognised by their form and passed after '--'."""
-        args = list(sys.argv[1:] if args is None else args)
-        overrides = [a for a in args if OVERRIDE.match(a)]
-        rest = [a for a in args if not OVERRIDE.match(a)]
-        return self.parse_intermixed_args(rest + (["--", *overrides] if overrides else []), namespace)
-
-
-def argument_parser(description: str, checkpoint: bool = False) -> argparse.ArgumentParser:
-    """The options every script shares: --config, dotted overrides, --debug (and --checkpoint)."""
-    parser = _ArgumentParser(description=description)
-    if checkpoint:
-        parser.add_argument("--checkpoint", default=None,
-                            help="trained model (default: best_vae.pth in paths.checkpoint_dir)")
-    parser.add_argument("--config", default=None, help="JSON config (default config/config.json, or for "
-                        "scripts that load a checkpoint, the config stored in it)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="config overrides, e.g. train.epochs=3 data.root=/data/celeba")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    return parser

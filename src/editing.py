@@ -7,7 +7,7 @@ Directions, per attribute indicator, from the posterior means mu of the labelled
 - conditional: the mean difference with the normals of the --keep attributes projected out, so
                that the latent classifiers of the kept attributes do not move (InterFaceGAN's
                conditional manipulation, which projects from the normal; here the normal moves faces
-               along directions of little variance that the decoder hardly draws, see the README).
+               along directions of little variance that the decoder hardly draws).
 How far: a fixed strength s (mu + s * direction), or a target probability P: every code moves along
 its direction until the latent classifier gives P (1 - P to remove), in closed form since the
 classifier is linear, so a face that already half-smiles moves less than a frowning one.
@@ -27,12 +27,14 @@ import numpy as np
 import torch
 
 from src.attributes import indicators
+from src.cache import cached_arrays
 from src.dataset import ImageSplit
 from src.errors import UserError
-from src.latent import cached_arrays, decode, encode, file_digest
+from src.files import file_digest
+from src.latent import decode, encode
 
 METHODS = ("mean", "normal", "conditional")
-DEFAULT_METHOD, DEFAULT_TARGET = "conditional", 0.999   # chosen by measurement: README, "Steering"
+DEFAULT_METHOD, DEFAULT_TARGET = "conditional", 0.999   # chosen by measurement: docs/experiments/edits.md
 RELIABLE_ACCURACY = 0.85     # preservation counts the attributes the judge reads at least this accurately
 CLASSIFIER_C = 1.0           # inverse L2 strength of the latent logistic regressions (scikit-learn's default)
 
@@ -143,14 +145,14 @@ def direction(attrs: LatentAttributes, name: str, method: str, keep: Sequence[st
     """The (D,) direction that adds `name`: the mean difference, the classifier's unit normal, or the
     mean difference made orthogonal to the normals of the `keep` attributes, so that their latent
     classifiers do not move (conditional; it starts from the mean difference, not the normal, which
-    moves faces in directions the decoder hardly draws: README, "Steering")."""
+    moves faces in directions the decoder hardly draws)."""
     a = attrs.index(name)
     if method == "mean":
         return attrs.mean[a]
     if method == "normal":
         return attrs.weights[a] / np.linalg.norm(attrs.weights[a])
     if name in keep:
-        raise UserError(f"--keep {name}: an attribute cannot be edited and kept at once; drop it from --keep")
+        raise UserError(f"{name} cannot be edited and kept at once; keep only other attributes")
     kept = attrs.weights[[attrs.index(k) for k in keep]] if keep else np.empty((0, attrs.mean.shape[1]))
     conditional = project_out(attrs.mean[a], kept)
     if np.linalg.norm(conditional) < 1e-6 * np.linalg.norm(attrs.mean[a]):
@@ -169,7 +171,7 @@ def steps_to_target(codes: np.ndarray, weights: np.ndarray, bias: float, towards
     `probability` (closed form: the logit is linear along any line)."""
     rate = float(towards @ weights)
     if abs(rate) < 1e-9:
-        raise UserError("this direction does not change the attribute's latent classifier; use another --method")
+        raise UserError("this direction does not change the attribute's latent classifier; use another method")
     target_logit = np.log(probability) - np.log1p(-np.asarray(probability, dtype=np.float64))
     return (target_logit - (codes @ weights + bias)) / rate
 
@@ -232,7 +234,7 @@ def slider_codes(codes: np.ndarray, attrs: LatentAttributes, values: dict[str, f
 
 # --------------------------------------------------------------------------- judging an edit
 
-def judge_edit(decide: Callable[[np.ndarray], np.ndarray], codes: np.ndarray, labels: np.ndarray, column: int,
+def score_edit(decide: Callable[[np.ndarray], np.ndarray], codes: np.ndarray, labels: np.ndarray, column: int,
                others: Sequence[int], edit: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> dict:
     """Success and preservation of one edit of held-out codes.
 
@@ -255,20 +257,20 @@ def judge_edit(decide: Callable[[np.ndarray], np.ndarray], codes: np.ndarray, la
             "images": int(len(has)), "images_with": int(has.sum())}
 
 
-def judge_decisions(model, judge) -> Callable[[np.ndarray], np.ndarray]:
+def judge_decider(model, judge) -> Callable[[np.ndarray], np.ndarray]:
     """codes -> the judge's decisions (probability > 0.5) on their decoded images."""
     from src.judge import judge_probabilities
     return lambda codes: (judge_probabilities(judge, decode(model, torch.from_numpy(codes).float())) > 0.5).numpy()
 
 
-def judge_methods(model, judge, attrs: LatentAttributes, codes: np.ndarray, labels: np.ndarray, label_names: list[str],
+def score_edits(model, judge, attrs: LatentAttributes, codes: np.ndarray, labels: np.ndarray, label_names: list[str],
                   scores: dict[str, dict], edits: dict[str, dict[str, Edit]]) -> tuple[list[str], dict]:
     """Every attribute's edits ({attribute: {label: Edit}}) judged on held-out codes (N, D) with their
     0/1/NaN labels (N, A): (the attributes preservation counts, {attribute: judge accuracy and
-    {label: judge_edit()}}). Preservation counts the attributes the judge reads with balanced
+    {label: score_edit()}}). Preservation counts the attributes the judge reads with balanced
     accuracy of at least RELIABLE_ACCURACY (`scores`: src.judge.accuracy's)."""
     reliable = [i for i, n in enumerate(label_names) if scores[n]["accuracy"] >= RELIABLE_ACCURACY]
-    decide = judge_decisions(model, judge)
+    decide = judge_decider(model, judge)
     results = {}
     for name, methods in edits.items():
         a = label_names.index(name)
@@ -276,5 +278,5 @@ def judge_methods(model, judge, attrs: LatentAttributes, codes: np.ndarray, labe
                          "judge_balanced_accuracy": scores[name]["balanced_accuracy"], "methods": {}}
         for label, how in methods.items():
             edit = lambda z, add, how=how: edited(z, attrs, name, how, add)
-            results[name]["methods"][label] = judge_edit(decide, codes, labels[:, a], a, reliable, edit)
+            results[name]["methods"][label] = score_edit(decide, codes, labels[:, a], a, reliable, edit)
     return [label_names[i] for i in reliable], results

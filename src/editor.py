@@ -59,7 +59,7 @@ from src.faces import MAX_PHOTO_PIXELS, PHOTO_FORMATS, describe, model_input, op
 from src.latent import (SAMPLERS, TRAVERSE_RANGE, decode, dims_by_kl, encode, interpolate_at, latent_codes,
                         posterior_means, training_gmm, traversal_codes)
 from src.threads import timed
-from src.utils import to_uint8
+from src.images import to_uint8
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGES = {"/": ("editor.html", "text/html; charset=utf-8"), "/editor.js": ("editor.js", "text/javascript"),
@@ -71,14 +71,11 @@ MAX_SESSIONS = 64                # browsers whose faces are kept; the least rece
 MAX_SAMPLES = 64                 # faces per sample grid
 KL_IMAGES = 2000                 # test images whose mean KL ranks the latent dimensions
 SHOWN = 5                        # sliders the Edit tab starts with
-FIRST_SHOWN = ("Smiling", "Eyeglasses", "Male", "Wearing_Hat", "Blond_Hair",   # CelebA (README, "Steering")
+FIRST_SHOWN = ("Smiling", "Eyeglasses", "Male", "Wearing_Hat", "Blond_Hair",   # CelebA (docs/editing.md)
                "glasses", "hat", "smile>median", "face_width>median", "hair_colour=0")  # the synthetic faces
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 COOKIE = "vae_editor_session"
 Slot = Literal["edit", "a", "b"]
-
-Image.MAX_IMAGE_PIXELS = MAX_PHOTO_PIXELS  # PIL's own bomb check (it refuses at twice this) agrees with ours
-
 
 # --------------------------------------------------------------------------- what the page needs, fitted once
 
@@ -95,7 +92,7 @@ def fit(model, cfg: Config, checkpoint: Path) -> Fitted:
     """Directions and the mixture as inference.py fits them (cached under data.cache_dir, so only the
     first start of a checkpoint fits them), and the dimensions ranked on up to KL_IMAGES test images.
     Without training data or labels the page still samples, morphs and traverses, and says why."""
-    device, bs = model.fc_mu.weight.device, cfg.train.batch_size
+    device, bs = model.device, cfg.train.batch_size
     attrs, gmm, notes = None, None, []
     try:
         train, test = load_split(cfg, "train"), load_split(cfg, "test")
@@ -115,7 +112,7 @@ def fit(model, cfg: Config, checkpoint: Path) -> Fitted:
 
 
 def first_shown(names: list[str]) -> list[str]:
-    """The attributes the Edit tab starts with: the README's, where the data has them, then the first others."""
+    """The attributes the Edit tab starts with: the docs' five, where the data has them, then the first others."""
     chosen = [n for n in FIRST_SHOWN if n in names][:SHOWN]
     return chosen + [n for n in names if n not in chosen][:SHOWN - len(chosen)]
 
@@ -391,6 +388,10 @@ def create_app(model, cfg: Config, checkpoint: str | Path, align: bool, fitted: 
 
 # --------------------------------------------------------------------------- serving
 
+class PortUnavailable(UserError):
+    """The address to serve on cannot be listened on (taken, or not this machine's)."""
+
+
 def is_loopback(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -413,16 +414,12 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         reason = os.strerror(e.errno) if e.errno else str(e)
-        raise UserError(f"cannot listen on {host}:{port} ({reason}); pass another --port or --host") from None
+        raise PortUnavailable(f"cannot listen on {host}:{port} ({reason})") from None
 
 
 def serve(app: FastAPI, sock: socket.socket, host: str) -> None:
-    """Serve on `sock` (listen(host, ...)) until Ctrl-C, printing the address, and a warning when
-    others on the network can reach it."""
+    """Serve on `sock` (listen(host, ...)) until Ctrl-C, printing the address."""
     import uvicorn
-    if not is_loopback(host):
-        print(f"warning: --host {host} is not a loopback address: anyone who can reach this machine on the "
-              "network can use the editor (it has no login)")
     shown = f"[{host}]" if ":" in host else host
     print(f"face editor on http://{shown}:{sock.getsockname()[1]}  (Ctrl-C stops it)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

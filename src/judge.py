@@ -21,9 +21,10 @@ from torchvision.transforms.functional import gaussian_blur
 from tqdm import tqdm
 
 from src.attributes import held_out_mask
-from src.dataset import iterate_batches
+from src.batches import iterate_batches
+from src.cache import cached
+from src.device import to_device
 from src.threads import timed
-from src.utils import atomic_write, to_device
 
 JUDGE_EPOCHS = 12
 JUDGE_BATCH = 128
@@ -121,20 +122,19 @@ def trained_judge(train_images: np.ndarray, labels: np.ndarray, names: list[str]
     attributes, else trained (on the labelled training images but the held-out ones) and cached."""
     key = json.dumps({"data": data_id, "names": names, "version": JUDGE_VERSION, "epochs": JUDGE_EPOCHS})
     path = Path(cache_dir) / f"judge-{data_id[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}.pt"
+
+    def train() -> dict[str, torch.Tensor]:
+        rows = ~held_out_mask(labels) & ~np.isnan(labels).all(axis=1)
+        print(f"training the edit judge on {rows.sum()} labelled training images ({len(names)} attributes) ...")
+        judge = fit_judge(np.asarray(train_images)[rows], labels[rows], device)
+        return {k: v.cpu() for k, v in judge.state_dict().items()}
+
+    def read(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved["key"], saved["model"]
+
+    state = cached(path, key, train, read, lambda f, key_text, weights: torch.save({"key": key_text, "model": weights},
+                                                                                     f), redo="retraining")
     judge = Judge(len(names))
-    if path.is_file():
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if saved["key"] == key:
-                judge.load_state_dict(saved["model"])
-                return judge.to(device).eval()
-            print(f"{path.name} was trained on other data or attributes: retraining")
-        except Exception as e:  # unreadable or foreign: retrain, never trust it
-            print(f"{path.name} is unreadable ({type(e).__name__}): retraining")
-    train = ~held_out_mask(labels) & ~np.isnan(labels).all(axis=1)
-    print(f"training the edit judge on {train.sum()} labelled training images ({len(names)} attributes) ...")
-    judge = fit_judge(np.asarray(train_images)[train], labels[train], device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.cpu() for k, v in judge.state_dict().items()}
-    atomic_write(path, lambda f: torch.save({"key": key, "model": state}, f))
-    return judge
+    judge.load_state_dict(state)
+    return judge.to(device).eval()

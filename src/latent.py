@@ -4,38 +4,26 @@ A VAE's prior samples come from N(0, I), while the encoder's codes of real image
 it. Fitting a Gaussian mixture to the training set's posterior means and sampling from it (the
 "ex-post density estimation" of Ghosh et al. 2020, RAE; pythae's GaussianMixtureSampler) decodes
 codes that lie where the decoder was trained. Fitted results are cached under data.cache_dir as
-.npz arrays (never pickles), keyed by the checkpoint's bytes and the data; a stale or unreadable
-cache is refitted, never used.
+.npz arrays (src/cache.py), keyed by the checkpoint's bytes and the data.
 """
 
-import hashlib
-import json
 import math
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from src.dataset import iterate_batches
-from src.model import ConvVAE
+from src.batches import iterate_batches
+from src.cache import cached_arrays
+from src.files import file_digest
+from src.model import ConvVAE, kl_divergence
 from src.threads import timed
-from src.utils import atomic_write
 
 GMM_COMPONENTS = 10          # as the RAE paper and pythae
 GMM_COVARIANCE = "full"
 SAMPLERS = ("prior", "gmm")
 TRAVERSE_RANGE = 3.0         # traversals run from -3 to +3 prior standard deviations
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (a checkpoint's identity: retraining into the same path changes it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @torch.no_grad()
@@ -51,28 +39,6 @@ def encode(model: ConvVAE, images: np.ndarray, batch_size: int, device: torch.de
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
     return torch.cat(mus).numpy(), torch.cat(logvars).numpy()
-
-
-def cached_arrays(path: Path, key: dict, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """compute()'s arrays, read from the .npz `path` when it was written for the same `key`.
-
-    The key (JSON) is stored inside the file; a file of another key, or one that cannot be read
-    (truncated, foreign), is recomputed and replaced. Loaded with allow_pickle=False: no code runs.
-    """
-    key_text = json.dumps(key, sort_keys=True)
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {name: f[name] for name in f.files}
-            if str(arrays.pop("key")) == key_text:
-                return arrays
-            print(f"{path.name} was made for another checkpoint or data: recomputing")
-        except Exception as e:  # any unreadable file is recomputed, whatever the reason
-            print(f"{path.name} is unreadable ({type(e).__name__}): recomputing")
-    arrays = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: np.savez(f, key=np.array(key_text), **arrays))
-    return arrays
 
 
 # --------------------------------------------------------------------------- Gaussian mixture sampler
@@ -139,7 +105,7 @@ def latent_codes(sampler: str, n: int, latent_dim: int, seed: int, gmm: dict | N
 
 def decode(model: ConvVAE, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Images decoded from codes of any leading shape (..., D), on the CPU, shape (..., 3, S, S)."""
-    device = model.fc_mu.weight.device
+    device = model.device
     flat = z.reshape(-1, z.shape[-1])
     images = torch.cat([model.decode(flat[i:i + batch_size].to(device)).cpu() for i in range(0, len(flat), batch_size)])
     return images.reshape(*z.shape[:-1], *images.shape[1:])
@@ -147,7 +113,7 @@ def decode(model: ConvVAE, z: torch.Tensor, batch_size: int = 256) -> torch.Tens
 
 def posterior_means(model: ConvVAE, x: torch.Tensor) -> torch.Tensor:
     """mu of images in [0, 1] (N, 3, S, S), on the CPU."""
-    return model.encode(x.to(model.fc_mu.weight.device))[0].cpu()
+    return model.encode(x.to(model.device))[0].cpu()
 
 
 def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, spherical: bool = False) -> torch.Tensor:
@@ -185,7 +151,7 @@ def interpolate_at(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor, spherica
 
 def morph_rows(model: ConvVAE, a: torch.Tensor, b: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(linear row, slerp row) for one pair; each is (steps + 2, 3, S, S): a, decoded codes, b."""
-    device = model.fc_mu.weight.device
+    device = model.device
     mu = model.encode(torch.stack([a, b]).to(device))[0].cpu()  # interpolate on the CPU: MPS has no float64
     rows = []
     for spherical in (False, True):
@@ -204,6 +170,6 @@ def traversal_codes(start: torch.Tensor, dims: list[int], values: torch.Tensor) 
 
 def dims_by_kl(mu: np.ndarray, logvar: np.ndarray, k: int) -> list[tuple[int, float]]:
     """The k latent dimensions with the largest mean KL(q(z_j|x) || N(0, 1)), largest first, with their KL."""
-    kl = (-0.5 * (1 + logvar - mu ** 2 - np.exp(logvar))).mean(0)
+    kl = kl_divergence(torch.from_numpy(mu), torch.from_numpy(logvar)).mean(0).numpy()
     order = np.argsort(-kl, kind="stable")[:k]
     return [(int(d), float(kl[d])) for d in order]

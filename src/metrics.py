@@ -13,8 +13,8 @@ import torch
 from tqdm import tqdm
 
 from src.config import TrainConfig
-from src.dataset import iterate_batches
-from src.model import ConvVAE, bits_per_dim, calibrated_log_sigma, gaussian_nll
+from src.batches import iterate_batches
+from src.model import ConvVAE, bits_per_dim, calibrated_log_sigma, gaussian_nll, kl_divergence
 
 
 @torch.no_grad()
@@ -33,14 +33,14 @@ def per_image_stats(model: ConvVAE, images: np.ndarray, batch_size: int, device:
         z = mu + torch.randn(mu.shape, generator=generator, device=device) * torch.exp(0.5 * logvar)
         out["sse_sampled"].append((model.decode(z) - x).pow(2).flatten(1).sum(1))
         out["sse_mean"].append((model.decode(mu) - x).pow(2).flatten(1).sum(1))
-        out["kl"].append(-0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
+        out["kl"].append(kl_divergence(mu, logvar).sum(1))
     return {k: torch.cat(v).float().cpu() for k, v in out.items()}
 
 
 def summarize(stats: dict[str, torch.Tensor], pixels_per_image: int, t: TrainConfig) -> dict[str, dict]:
     """Means over the split, for z sampled (the ELBO) and z = mu.
 
-    The seed's units, for every model: recon = summed squared error per image, total = recon + KL.
+    The baseline's units, for every model: recon = summed squared error per image, total = recon + KL.
     In nats, for every model: nll = -log N(x | x_hat, sigma^2 I) with the one sigma calibrated to this
     split's error (sigma^2 = its MSE, soft-floored at train.sigma_min), elbo_nats = nll + KL, and bpd
     the same in bits per dimension on the 8-bit scale. beta_loss = the training objective (recon or
@@ -113,11 +113,6 @@ def reconstruction_quality(posterior: dict[str, torch.Tensor | None]) -> dict:
             f"needs images of at least {ms_ssim_min_size()} px (3 scales of an 11-px window)"}
 
 
-def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(q(z_j|x) || N(0, 1)) of every image and latent dimension, (N, D); sums over D to the KL."""
-    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
-
-
 def active_units(mu: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
     """Latent dimensions whose posterior mean varies across images: Var_x(E[z_j|x]) > threshold.
 
@@ -129,7 +124,7 @@ def active_units(mu: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
 def latent_usage(mu: torch.Tensor, logvar: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> dict:
     """Posterior-collapse summary: active units, and per dimension the mean KL and Var_x(E[z|x])."""
     return {"active_units": active_units(mu, threshold), "latent_dim": mu.shape[1], "threshold": threshold,
-            "kl_per_dim": kl_per_dim(mu, logvar).mean(0).tolist(),
+            "kl_per_dim": kl_divergence(mu, logvar).mean(0).tolist(),
             "mu_variance": mu.var(dim=0, correction=0).tolist()}
 
 

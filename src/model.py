@@ -4,7 +4,7 @@ Encoder: one Conv2d(kernel 3, stride 2, padding 1) block per entry of `hidden_di
 blocks take 64x64 to a 2x2 bottleneck; then linear heads for mu and log sigma^2. The decoder
 mirrors it with ConvTranspose2d blocks and ends in a Sigmoid, so outputs are pixels in [0, 1].
 
-Options (all off by default, which is the seed's model): the decoder may upsample by nearest or
+Options (all off by default, which is the baseline's model): the decoder may upsample by nearest or
 bilinear interpolation followed by a 3x3 convolution instead of the transposed convolution (which
 tends to draw checkerboard patterns, Odena et al. 2016), have widths of its own (`decoder_dims`),
 and add residual blocks after each upsampling stage (`res_blocks`).
@@ -79,6 +79,11 @@ class ConvVAE(nn.Module):
         self.decoder = nn.Sequential(*decoder, nn.Conv2d(widths[-1], in_channels, 3, padding=1), nn.Sigmoid())
         self._unflatten = nn.Unflatten(1, (widths[0], self.bottleneck, self.bottleneck))
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (and so where inputs must go)."""
+        return self.fc_mu.weight.device
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)
         return self.fc_mu(h), self.fc_logvar(h)
@@ -102,10 +107,16 @@ class ConvVAE(nn.Module):
         same faces on every device.
         """
         z = torch.randn(n, self.latent_dim, generator=generator) * temperature
-        return self.decode(z.to(self.fc_mu.weight.device))
+        return self.decode(z.to(self.device))
 
 
 SIGMA_MIN = 0.0025  # soft floor on the calibrated sigma of [0, 1] pixels (sigma-VAE's is exp(-6) = 0.00248)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z_j|x) || N(0, 1)) of each latent dimension of each image, shaped like mu: summed over the
+    dimensions it is the KL term of the ELBO."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
 
 
 def calibrated_log_sigma(sse: torch.Tensor, pixels: int, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
@@ -129,7 +140,7 @@ def vae_loss(x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: tor
     """(total, recon, kl), each averaged over the batch; computed in float32 even under autocast.
 
     kl: KL(q(z|x) || N(0, I)) summed over latent dims; total = recon + beta * kl. recon:
-    - "mse_sum" (the seed's loss): squared error summed over pixels and channels, i.e. a Gaussian
+    - "mse_sum" (the baseline's loss): squared error summed over pixels and channels, i.e. a Gaussian
       decoder with a fixed variance, up to constants;
     - "gaussian": the negative log-likelihood in nats of a Gaussian decoder whose one shared sigma is
       calibrated to the batch's error (calibrated_log_sigma); total is then a true negative ELBO.
@@ -142,7 +153,7 @@ def vae_loss(x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: tor
     else:
         recon = F.mse_loss(x_hat.float(), x.float(), reduction="sum") / batch
     mu, logvar = mu.float(), logvar.float()
-    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / batch
+    kl = kl_divergence(mu, logvar).sum() / batch
     return recon + beta * kl, recon, kl
 
 

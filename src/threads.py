@@ -19,7 +19,7 @@ What the count changes: on the CPU the result of some reductions depends on how 
 across threads (BatchNorm's batch statistics in channels_last, convolution weight gradients in
 NCHW), so weights trained at different counts differ from the first step by float32 rounding. A
 forced count is bitwise reproducible; under "auto" a run is bitwise the run with the same count at
-every step (see the README's "Hardware" section). So that an idle machine keeps the numbers of the
+every step (docs/performance.md). So that an idle machine keeps the numbers of the
 full count, auto measures fewer threads only while other programs use the CPU (Linux: from
 /proc/stat, the CPU time of everything else; elsewhere it always measures).
 """

@@ -1,19 +1,15 @@
-"""The pieces of a training run that train.py and the benchmark share: one optimisation step, the
-learning-rate schedule, the weights' moving average, a validation pass, and joining a torchrun job
-(device, ranks, collectives, who builds the data cache)."""
+"""The pieces of training that a run (src/trainer.py) and the benchmark share: one optimisation step,
+the learning-rate schedule, the weights' moving average and the validation losses."""
 
-import contextlib
 import math
-import os
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
+from src.batches import Batches
 from src.config import TrainConfig
-from src.dataset import Batches
+from src.distributed import all_reduce
 from src.model import ConvVAE, vae_loss
-from src.utils import pick_device
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, t: TrainConfig,
@@ -31,7 +27,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
 
 def make_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig, steps_per_epoch: int
                    ) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
-    """(scheduler, stepped after every optimizer step?). The seed's schedule is ExponentialLR stepped
+    """(scheduler, stepped after every optimizer step?). The baseline's schedule is ExponentialLR stepped
     once per epoch; a warm-up or the cosine schedule make it a per-step LambdaLR: a linear warm-up over
     train.warmup_steps, then x lr_gamma per epoch, or a cosine from lr to 0 over the whole run
     (Loshchilov & Hutter 2017)."""
@@ -66,7 +62,7 @@ def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.Aver
 
 
 @torch.no_grad()
-def validate(model: ConvVAE, batches: Batches, t: TrainConfig, amp: bool) -> dict:
+def validation_losses(model: ConvVAE, batches: Batches, t: TrainConfig, amp: bool) -> dict:
     """Mean total/recon/KL per image over the split (all ranks), with z sampled as in training."""
     model.eval()
     sums = torch.zeros(4, device=batches.device)  # total, recon, kl (summed over images), count
@@ -77,35 +73,3 @@ def validate(model: ConvVAE, batches: Batches, t: TrainConfig, amp: bool) -> dic
         sums += torch.stack([total, recon, kl, torch.ones_like(total)]) * len(x)  # no host->device copy
     total, recon, kl, count = all_reduce(sums).tolist()
     return {"total": total / count, "recon": recon / count, "kl": kl / count}
-
-
-def setup_distributed(device_name: str) -> tuple[int, int, int, torch.device]:
-    """(rank, local rank, world size, device). Under torchrun, join the group: NCCL on GPUs, gloo on CPU."""
-    device = pick_device(device_name)
-    if "RANK" not in os.environ:
-        return 0, 0, 1, device
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), local_rank, dist.get_world_size(), device
-
-
-def all_reduce(t: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
-    """Reduce in place across ranks (a no-op in a single process)."""
-    if dist.is_initialized():
-        dist.all_reduce(t, op=op)
-    return t
-
-
-@contextlib.contextmanager
-def local_rank_zero_first(local_rank: int):
-    """Local rank 0 of every node runs the block first (e.g. builds the data cache on that node's disk);
-    the node's other ranks then reuse its result. Nodes sharing a disk are serialised by the cache's
-    own file lock."""
-    if local_rank != 0:
-        dist.barrier()
-    yield
-    if local_rank == 0 and dist.is_initialized():
-        dist.barrier()

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 import analyze_failures
+from src import failures
 from src.errors import run_cli
 from src.synthetic import FACTOR_NAMES
 from tests.conftest import ATTRIBUTE_NAMES, make_celeba
@@ -32,7 +33,7 @@ def test_planted_attribute_tops_the_lift_table():
     errors = 10 + 100 * planted + rng.normal(0, 1, n)
     planted[:100] = np.nan          # unknown for some images, including some hard ones
     noise_attr[-50:] = np.nan
-    rows = analyze_failures.attribute_lift(errors, np.stack([noise_attr, planted], 1), ["random", "hard"])
+    rows = failures.attribute_lift(errors, np.stack([noise_attr, planted], 1), ["random", "hard"])
     assert [r["attribute"] for r in rows] == ["hard", "random"]
     hard, rand = rows
     assert hard["known"] == n - 100 and rand["known"] == n - 50
@@ -52,7 +53,7 @@ def test_binarisation_names_and_exact_lift():
     binary = (np.arange(n) % 2 == 1).astype(float)
     empty = np.full(n, np.nan)                         # never known: dropped
     attrs = np.stack([cat, cont, binary, empty], 1).astype(np.float32)
-    rows = analyze_failures.attribute_lift(errors, attrs, ["cat", "cont", "bin", "empty"])
+    rows = failures.attribute_lift(errors, attrs, ["cat", "cont", "bin", "empty"])
     by_name = {r["attribute"]: r for r in rows}
     assert set(by_name) == {"cat=0", "cat=1", "cat=2", "cat=3", "cont>median", "bin"}
     assert rows[0]["attribute"] == "cat=0" and rows[0]["lift"] == pytest.approx(4.0)  # worst 5% = image 0
@@ -74,7 +75,7 @@ def test_gallery_csv_and_lift_on_synthetic_faces(trained, tmp_path, capsys):
     for name in ("failure_gallery.png", "best_gallery.png"):
         with Image.open(out / name) as img:
             w, h = img.size
-            assert 4 * 2 * analyze_failures.CELL < w < 2000 and 4 * analyze_failures.CELL < h < 1500
+            assert 4 * 2 * failures.CELL < w < 2000 and 4 * failures.CELL < h < 1500
     lift = read_csv(out / "attribute_lift.csv")
     names = {r["attribute"] for r in lift}
     assert {"glasses", "hat", "smile>median", "face_width>median"} <= names
@@ -85,7 +86,7 @@ def test_gallery_csv_and_lift_on_synthetic_faces(trained, tmp_path, capsys):
     run(trained, tmp_path, "--split", "val", "--top", "3")
     assert len(read_csv(out / "failures.csv")) == 16
     with Image.open(out / "failure_gallery.png") as img:
-        assert img.size[0] < 3 * 2 * analyze_failures.CELL + 200
+        assert img.size[0] < 3 * 2 * failures.CELL + 200
 
 
 def test_attribute_that_makes_images_hard_tops_the_table(trained, tmp_path, capsys):

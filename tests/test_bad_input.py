@@ -12,7 +12,7 @@ import evaluate
 import inference
 import plot_metrics
 import train
-from src import benchmark
+from tools import benchmark
 from src.errors import run_cli
 from tests.conftest import make_celeba, tiny_config
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from src import benchmark
+from tools import benchmark, thread_counts
 from src.dataset import load_split
 from src.errors import UserError
 from tests.conftest import make_celeba, tiny_config
@@ -47,7 +47,7 @@ def test_the_naive_path_decodes_like_the_project_even_without_a_crop(tmp_path):
 
 
 def test_the_benchmark_does_not_import_the_training_script():
-    code = "import sys, src.benchmark; assert 'train' not in sys.modules, 'imports train.py'"
+    code = "import sys, tools.benchmark; assert 'train' not in sys.modules, 'imports train.py'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
@@ -55,7 +55,7 @@ def test_the_benchmark_does_not_import_the_training_script():
 
 HOLDS_BUSY_PROGRAMS = """
 import time
-from src.benchmark import busy_programs
+from tools.thread_counts import busy_programs
 with busy_programs(2, limit_s=120) as procs:
     print(" ".join(str(p.pid) for p in procs), flush=True)
     time.sleep(120)
@@ -89,11 +89,11 @@ def holder() -> tuple[subprocess.Popen, list[int]]:
 
 
 def test_busy_programs_end_with_the_block_and_on_errors():
-    with benchmark.busy_programs(2, limit_s=120) as procs:
+    with thread_counts.busy_programs(2, limit_s=120) as procs:
         assert all(p.poll() is None for p in procs)
     assert all(p.poll() is not None for p in procs)
     with pytest.raises(RuntimeError):
-        with benchmark.busy_programs(1, limit_s=120) as procs:
+        with thread_counts.busy_programs(1, limit_s=120) as procs:
             raise RuntimeError("a failed measurement")
     assert procs[0].poll() is not None
 
@@ -110,17 +110,17 @@ def test_busy_programs_end_by_themselves_when_the_benchmark_is_killed_or_their_t
     proc.kill()  # kill -9: no finally runs
     proc.wait()
     assert wait_until_gone(pids)
-    with benchmark.busy_programs(1, limit_s=0.2) as procs:
+    with thread_counts.busy_programs(1, limit_s=0.2) as procs:
         procs[0].wait(timeout=30)
 
 
 def test_thread_counts_are_compared_idle_and_busy_on_synthetic_data(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(benchmark, "available_cores", lambda: 2)
+    monkeypatch.setattr(thread_counts, "available_cores", lambda: 2)
     tiny_config(tmp_path)
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "benchmark.json").write_text(json.dumps({"images_per_second": {"compute": 1.0}}))
     torch.set_num_threads(1)  # as a forced train.threads left it: the benchmark puts it back
-    benchmark.main(["--config", str(tmp_path / "config.json"), "--busy", "1", "--seconds", "0.2", "--batch-size", "4",
+    thread_counts.main(["--config", str(tmp_path / "config.json"), "--busy", "1", "--seconds", "0.2", "--batch-size", "4",
                     "--work", "train", "decode"])
     assert torch.get_num_threads() == 1
     report = json.loads((tmp_path / "results" / "benchmark.json").read_text())

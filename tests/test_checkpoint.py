@@ -1,4 +1,3 @@
-import argparse
 import json
 import os
 import pickle
@@ -9,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from src import checkpoint as checkpoint_module
-from src.checkpoint import (CHECKPOINT_FORMAT, convert_old_checkpoint, load_checkpoint, load_trained,
-                            model_from_checkpoint, rng_state, save_checkpoint, set_rng_state)
+from src.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_trained, model_from_checkpoint, save_checkpoint
 from src.errors import CheckpointError, ConfigError, run_cli
 from src.model import build_model
-from src.utils import seed_everything
+from src.rng import rng_state, seed_everything, set_rng_state
+from tools import convert_checkpoint as checkpoint_module
+from tools.convert_checkpoint import convert_old_checkpoint
 from tests.conftest import tiny_config
 
 
@@ -72,14 +71,14 @@ def test_load_trained_uses_the_checkpoint_config_then_overrides(tmp_path, monkey
     monkeypatch.chdir(tmp_path)  # no --config: the checkpoint's own config applies
 
     def args(*overrides):
-        return argparse.Namespace(config=None, overrides=list(overrides), checkpoint=str(path))
+        return str(path), None, list(overrides)
 
-    model, loaded, state, _ = load_trained(args())
+    model, loaded, state, _ = load_trained(*args())
     assert loaded == cfg and model.latent_dim == 6 and not model.training
-    _, loaded, _, _ = load_trained(args("data.root=/elsewhere", "data.dataset=folder"))
+    _, loaded, _, _ = load_trained(*args("data.root=/elsewhere", "data.dataset=folder"))
     assert (loaded.data.root, loaded.data.dataset) == ("/elsewhere", "folder")
     with pytest.raises(ConfigError, match="fixed by the checkpoint"):
-        load_trained(args("model.latent_dim=3"))
+        load_trained(*args("model.latent_dim=3"))
 
 
 # ----------------------------------------------------------------------------- nothing in a file runs
@@ -122,10 +121,10 @@ def old_format_checkpoint(tmp_path):
 
 def test_an_old_checkpoint_says_how_to_convert_it_and_converts(tmp_path, capsys):
     path = old_format_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError, match=r"older version of this repo .*python -m src.checkpoint --convert"):
+    with pytest.raises(CheckpointError, match=r"older version of this repo .*python -m tools.convert_checkpoint"):
         load_checkpoint(path)
     before = path.read_bytes()
-    run_cli(checkpoint_module.main, ["--convert", str(path)])
+    run_cli(checkpoint_module.main, [str(path)])
     assert "converted" in capsys.readouterr().out
     state = load_checkpoint(path)
     assert state["epoch"] == 3 and path.with_name("best_vae.pth.v1").read_bytes() == before

@@ -11,8 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+import src.cache as cache_module
+import src.celeba as celeba
 import src.dataset as dataset
-from src.dataset import Batches, iterate_batches, load_split, preprocess
+from src.batches import Batches, iterate_batches
+from src.dataset import load_split
+from src.images import preprocess
 from src.errors import DataError
 from tests.conftest import ATTRIBUTE_NAMES, face_like_image, make_celeba, tiny_config
 
@@ -51,7 +55,7 @@ def test_decoder_processes_write_rows_and_send_back_only_labels(tmp_path):
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(12, 3, 16, 16))
     start, row_bytes = out.offset, out[0].nbytes
     del out
-    count, labels, kept = dataset._write_rows((dataset._generate_chunk, (5, 7, 42, 16), path, start + 5 * row_bytes))
+    count, labels, kept = cache_module._write_rows((dataset._generate_chunk, (5, 7, 42, 16), path, start + 5 * row_bytes))
     images, factors, _ = dataset._generate_chunk((5, 7, 42, 16))
     cache = np.load(path)
     assert count == 7 and np.array_equal(labels, factors) and kept is None
@@ -263,7 +267,7 @@ def test_concurrent_builders_of_one_cache_wait_for_a_single_build(tmp_path):
 
 def test_local_rank_zero_builds_first_on_every_node(monkeypatch):
     """Global rank 8 is local rank 0 of the second node: it must not wait for node 0's cache."""
-    from src import training
+    from src import distributed as training
     events = []
     monkeypatch.setattr(training.dist, "barrier", lambda: events.append("barrier"))
     monkeypatch.setattr(training.dist, "is_initialized", lambda: True)
@@ -293,7 +297,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatch
 
 def test_zip_members_are_read_with_a_size_cap(tmp_path, monkeypatch):
     make_celeba(tmp_path / "celeba", layout="zip")
-    monkeypatch.setattr(dataset, "MAX_IMAGE_BYTES", 1000)  # our test JPEGs are a few kB: "huge" here
+    monkeypatch.setattr(celeba, "MAX_IMAGE_BYTES", 1000)  # our test JPEGs are a few kB: "huge" here
     with pytest.raises(DataError, match=r"img_align_celeba.zip:img_align_celeba/000001.jpg: its uncompressed "
                                         r"size \d+ bytes exceeds 1000"):
         load_split(celeba_config(tmp_path), "train")

@@ -10,7 +10,7 @@ from torch import nn
 
 import inference
 from src.attributes import binarize, held_out_mask, resolve
-from src.editing import (Edit, LatentAttributes, direction, edited, fit_classifiers, judge_decisions, judge_edit,
+from src.editing import (Edit, LatentAttributes, direction, edited, fit_classifiers, judge_decider, score_edit,
                          logit, mean_difference, slider_codes, steps_to_target, sweep)
 from src.errors import UserError, run_cli
 from src.judge import Judge, trained_judge
@@ -145,6 +145,10 @@ class Brightness(nn.Module):
         super().__init__()
         self.fc_mu = nn.Linear(1, 1)
 
+    @property
+    def device(self) -> torch.device:
+        return self.fc_mu.weight.device
+
     def decode(self, z):
         return z[:, :1, None, None].expand(len(z), 3, 4, 4).clamp(0, 1)
 
@@ -163,15 +167,15 @@ def test_edit_success_and_preservation_on_a_case_with_a_known_answer():
     # the judge reads brightness (z[0]) and, as a second attribute, whether z[1] > 0.5
     decide = lambda z: np.stack([z[:, 0] > 0.5, z[:, 1] > 0.5], axis=1)
     along = lambda step: lambda z, add: z + np.where(add, 1.0, -1.0)[:, None] * step
-    right = judge_edit(decide, codes, labels, 0, [0, 1], along(np.array([0.5, 0.0])))
+    right = score_edit(decide, codes, labels, 0, [0, 1], along(np.array([0.5, 0.0])))
     assert right["success"] == 1.0 and right["images"] == 3 and right["baseline"] == 0.0
     assert right["preservation"] == 1.0 and right["latent_distance"] == pytest.approx(0.5)
-    wrong = judge_edit(decide, codes, labels, 0, [0, 1], along(np.array([0.0, 5.0])))
+    wrong = score_edit(decide, codes, labels, 0, [0, 1], along(np.array([0.0, 5.0])))
     assert wrong["success"] == 0.0 and wrong["preservation"] == pytest.approx(2 / 3)  # 2 of 3 flip z[1]
 
 
 def test_the_judge_decides_on_decoded_images():
-    decide = judge_decisions(Brightness(), BrightnessJudge())
+    decide = judge_decider(Brightness(), BrightnessJudge())
     assert decide(np.array([[0.2], [0.45], [0.55], [0.9]]))[:, 0].tolist() == [False, False, True, True]
 
 

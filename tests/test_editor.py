@@ -18,22 +18,22 @@ from PIL import Image
 
 import inference
 from src import editor as editor_module
-from src import editor_load, faces
+from src import faces
+from tools import editor_load
 from src.checkpoint import load_trained
 from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, slider_codes
 from src.editor import Sessions, create_app, fit, listen
-from src.editor_load import Client
+from tools.editor_load import Client
 from src.errors import run_cli
 from src.latent import decode, interpolate_at, latent_codes, posterior_means, traversal_codes
-from src.utils import to_uint8
+from src.images import to_uint8
 from tests.conftest import face_like_image, left_this_machine, serving
 
 
 @pytest.fixture(scope="module")
 def editor(trained):
     """The editor of the tiny trained model (synthetic faces: photos not aligned), on a free port."""
-    model, cfg, _, checkpoint = load_trained(argparse.Namespace(checkpoint=str(trained["checkpoint"]), config=None,
-                                                                overrides=[]))
+    model, cfg, _, checkpoint = load_trained(str(trained["checkpoint"]))
     fitted = fit(model, cfg, checkpoint)
     app = create_app(model, cfg, checkpoint, align=False, fitted=fitted)
     with serving(app) as url:
@@ -377,7 +377,7 @@ def latency_url(editor):
     if not checkpoint:
         yield editor.url, "the tiny test model"
         return
-    model, cfg, _, path = load_trained(argparse.Namespace(checkpoint=checkpoint, config=None, overrides=[]))
+    model, cfg, _, path = load_trained(checkpoint)
     with serving(create_app(model, cfg, path, align=False)) as url:
         yield url, str(path)
 

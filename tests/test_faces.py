@@ -10,6 +10,7 @@ from PIL import Image
 
 import inference
 from src import faces
+from tools import align_accuracy
 from src.dataset import load_split
 from src.errors import UserError, run_cli
 from tests.conftest import tiny_config
@@ -44,7 +45,7 @@ def disagreement(face: faces.Face, reference: faces.Face, photo_from_reference: 
     reference_frame = (np.array([faces.CELEBA_WIDTH, faces.CELEBA_HEIGHT]) * k).astype(int)
     # the reference's aligned frame, as a "photo" whose aligned frame is itself
     through = np.vstack([photo_from_reference, [0, 0, 1]]) @ np.vstack([reference_from_aligned, [0, 0, 1]])
-    return faces.input_displacement(face, through[:2], tuple(reference_frame), SIZE, CROP)
+    return align_accuracy.input_displacement(face, through[:2], tuple(reference_frame), SIZE, CROP)
 
 
 @pytest.mark.parametrize("scale, degrees, shift", [(1.0, 0, (150, 80)), (1.6, 12, (40, -60)),
@@ -57,14 +58,14 @@ def test_a_warped_photo_aligns_like_the_original(astronaut, scale, degrees, shif
     assert disagreement(face, reference, matrix) < 1.5  # pixels of the 64-px input
     ours = faces.model_input(photo, "warped", SIZE, CROP, aligned=True)[0]
     original = faces.model_input(astronaut, "astronaut", SIZE, CROP, aligned=True)[0]
-    assert faces.psnr(ours, original) > 20  # the same picture (a 1-px shift of a face gives about 23 dB)
+    assert align_accuracy.psnr(ours, original) > 20  # the same picture (a 1-px shift of a face gives about 23 dB)
 
 
 def test_the_centre_crop_of_an_unaligned_photo_is_not_the_face(astronaut):
     photo = warped(astronaut, similarity(1.0, 15, (300, 200)))
     unaligned = faces.model_input(photo, "warped", SIZE, CROP, aligned=False)[0]
     original = faces.model_input(astronaut, "astronaut", SIZE, CROP, aligned=True)[0]
-    assert faces.psnr(unaligned, original) < 15
+    assert align_accuracy.psnr(unaligned, original) < 15
 
 
 def test_aligning_an_aligned_face_is_nearly_a_no_op(astronaut):
@@ -76,7 +77,7 @@ def test_aligning_an_aligned_face_is_nearly_a_no_op(astronaut):
     assert np.allclose(matrix[:, :2], natural * np.eye(2), atol=0.03)
     assert np.abs(matrix[:, 2]).max() < 3 * k
     again = faces.model_input(frame, "aligned", SIZE, CROP, aligned=True)[0]
-    assert faces.psnr(again, faces.model_input(frame, "aligned", SIZE, CROP, aligned=False)[0]) > 25
+    assert align_accuracy.psnr(again, faces.model_input(frame, "aligned", SIZE, CROP, aligned=False)[0]) > 25
 
 
 def test_the_least_squares_fit_matches_scikit_image(astronaut):

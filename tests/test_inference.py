@@ -149,6 +149,10 @@ class OnMPS(torch.nn.Module):
         super().__init__()
         self.model, self.fc_mu = model, model.fc_mu
 
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
     def encode(self, x):
         mu, logvar = self.model.encode(x)
         return mu.as_subclass(NoFloat64), logvar

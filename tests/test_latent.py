@@ -9,7 +9,8 @@ import inference
 from src import latent
 from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.dataset import load_split
-from src.latent import cached_arrays, fit_gmm, sample_gmm, training_gmm
+from src.cache import cached_arrays
+from src.latent import fit_gmm, sample_gmm, training_gmm
 
 
 def test_the_gmm_recovers_a_known_two_component_mixture():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train
-from src import threads, training
+from src import threads, trainer, training
 from src.errors import NumericalError, run_cli
 from src.checkpoint import load_checkpoint
 from tests.conftest import make_celeba, tiny_config
@@ -255,13 +255,13 @@ def test_auto_is_bitwise_the_run_with_the_same_thread_count_at_every_step(tmp_pa
     monkeypatch.setattr(threads, "available_cores", lambda: 2)
     monkeypatch.setattr(threads, "perf_counter", fake_clock({1: 0.5, 2: 1.0}))
     monkeypatch.setattr(threads.OtherPrograms, "__call__", lambda self: True)  # a busy machine: auto measures
-    counts, real_step = [], train.train_step
+    counts, real_step = [], trainer.train_step
 
     def logged_step(*args):
         counts.append(torch.get_num_threads())
         return real_step(*args)
 
-    monkeypatch.setattr(train, "train_step", logged_step)
+    monkeypatch.setattr(trainer, "train_step", logged_step)
     config = interrupted_run(tmp_path, monkeypatch, at_step=30, threads="auto")
     train.main(["--config", str(config), "--resume"])
     auto = load_checkpoint(tmp_path / "run" / "checkpoints" / "last_vae.pth")
@@ -274,7 +274,7 @@ def test_auto_is_bitwise_the_run_with_the_same_thread_count_at_every_step(tmp_pa
         torch.set_num_threads(next(schedule))
         return real_step(*args)
 
-    monkeypatch.setattr(train, "train_step", replayed_step)
+    monkeypatch.setattr(trainer, "train_step", replayed_step)
     config = slow_config(tmp_path, "replayed", epochs=2, threads=1)
     train.main(["--config", str(config)])
     replayed = load_checkpoint(tmp_path / "replayed" / "checkpoints" / "last_vae.pth")
@@ -325,7 +325,7 @@ def test_celeba_moved_to_another_root_resumes_but_other_files_do_not(tmp_path, c
 
 def test_nothing_non_finite_is_saved_between_cuda_checks(tmp_path, monkeypatch):
     """On CUDA the finite check runs every train.log_every steps; a save in between must check first."""
-    monkeypatch.setattr(train, "checks_every_step", lambda device: False)  # the CUDA policy, on the CPU
+    monkeypatch.setattr(trainer, "checks_every_step", lambda device: False)  # the CUDA policy, on the CPU
     config = slow_config(tmp_path, "run", log_every=50)
     calls, real_loss = {"n": 0}, training.vae_loss
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from src import utils
-from src.utils import choose_bf16, to_device
+from src import device as utils
+from src.device import choose_bf16, to_device
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
 

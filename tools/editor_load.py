@@ -1,7 +1,7 @@
 """Load test of the face editor: concurrent clients dragging sliders against a real server.
 
-    python -m src.editor_load                                   # checkpoints/best_vae.pth
-    python -m src.editor_load --checkpoint checkpoints/gaussian/best_vae.pth --clients 20 --requests 50
+    python -m tools.editor_load                                   # checkpoints/best_vae.pth
+    python -m tools.editor_load --checkpoint checkpoints/gaussian/best_vae.pth --clients 20 --requests 50
 
 Starts `inference.py --serve` on a free port of 127.0.0.1 (a subprocess, so its memory is its own's),
 then, for each of --rounds rounds, --clients threads each open a session of their own, pick a
@@ -29,9 +29,10 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
-from src.config import argument_parser, load_config
+from src.cli import argument_parser
+from src.config import load_config
 from src.errors import UserError, run_cli
-from src.utils import ensure_writable_dir
+from src.files import atomic_json, ensure_writable_dir
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 600   # seconds; the first start of a checkpoint fits its directions and mixture
@@ -217,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               "rounds": rounds, "server_rss_mb": {"before": memory[0], "after_each_round": memory[1:]},
               "server_peak_rss_mb": peak}
     out = results_dir / "editor_load.json"
-    out.write_text(json.dumps(report, indent=2))
+    atomic_json(out, report)
     print(f"wrote {out}")
     wrong = sum(r["wrong"] for r in rounds)
     if wrong:
