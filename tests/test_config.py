@@ -41,6 +41,18 @@ def test_faces_recipe_is_the_seed_config_plus_its_levers():
                        ("paths", "checkpoint_dir"): "checkpoints/faces", ("paths", "results_dir"): "results/faces"}
 
 
+@pytest.mark.parametrize("name", ["faces.json", "quickstart.json"])
+def test_other_configs_hold_only_what_differs_from_the_baseline(name):
+    """Every key a config sets differs from config/config.json's value (which is the schema default),
+    so the file reads as what it changes."""
+    baseline = asdict(load_config("config/config.json"))
+    with open(f"config/{name}") as f:
+        raw = json.load(f)
+    same = [f"{section}.{key}" for section, values in raw.items() for key, value in values.items()
+            if baseline[section][key] == value]
+    assert raw and not same
+
+
 @pytest.mark.parametrize("text, key, value", [
     ("train.epochs=3", "train.epochs", 3),
     ("train.lr=3e-4", "train.lr", 3e-4),
