@@ -5,15 +5,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure  # drawn to files only: no pyplot, no backend to choose
+from matplotlib.ticker import NullLocator
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
-
-from src.errors import UserError  # noqa: E402
-from src.files import MissingFile, read_json  # noqa: E402
+from src.errors import UserError
+from src.files import MissingFile, read_json
 
 PANELS = [("total", "total loss (recon + β·KL)"), ("recon", "reconstruction (SSE per image)"),
           ("kl", "KL divergence (nats)")]
@@ -32,7 +28,8 @@ def read_history(path: Path) -> list[dict]:
 
 def plot_history(history: list[dict], out: Path) -> Path:
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
+    fig = Figure(figsize=(11, 8), constrained_layout=True)
+    axes = fig.subplots(2, 2)
     panels = PANELS if "val_bpd" not in history[0] else GAUSSIAN_PANELS  # a calibrated decoder: nats
     for ax, (key, title) in zip(axes.flat, panels):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
@@ -52,7 +49,6 @@ def plot_history(history: list[dict], out: Path) -> Path:
                  f"recon {last['val_recon']:.1f}, KL {last['val_kl']:.1f}", fontsize=13)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
@@ -106,7 +102,8 @@ def sweep_table(summary: dict) -> str:
 
 def plot_sweep(summary: dict, out: Path) -> Path:
     """MIG and reconstruction error against beta (log scale), mean +- std over seeds."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    fig = Figure(figsize=(11, 4.2), constrained_layout=True)
+    axes = fig.subplots(1, 2)
     for loss, marker in (("mse_sum", "o-"), ("gaussian", "s")):
         groups = [(beta, row) for (l, beta), row in summary.items() if l == loss]
         if not groups:
@@ -125,5 +122,4 @@ def plot_sweep(summary: dict, out: Path) -> Path:
         ax.grid(alpha=0.3)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from src.config import TrainConfig
 from src.batches import iterate_batches
+from src.config import TrainConfig
 from src.model import ConvVAE, bits_per_dim, calibrated_log_sigma, gaussian_nll, kl_divergence
 
 
@@ -86,8 +86,10 @@ def posterior_stats(model: ConvVAE, images: np.ndarray, batch_size: int,
 
     "ms_ssim" is None when the images are too small for the 3-scale MS-SSIM (see ms_ssim_min_size).
     """
-    from torchmetrics.functional.image import (multiscale_structural_similarity_index_measure,
-                                               structural_similarity_index_measure)
+    from torchmetrics.functional.image import (
+        multiscale_structural_similarity_index_measure,
+        structural_similarity_index_measure,
+    )
     model.eval()
     with_ms_ssim = images.shape[-1] >= ms_ssim_min_size()
     out = {"mu": [], "logvar": [], "ssim": [], "ms_ssim": []}
@@ -130,14 +132,13 @@ def latent_usage(mu: torch.Tensor, logvar: torch.Tensor, threshold: float = ACTI
 
 def plot_kl_per_dim(usage: dict, path: str | Path) -> Path:
     """Bar chart of the mean KL of each latent dimension, largest first, active units highlighted."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # drawn to a file only: no pyplot, no backend to choose
     from matplotlib.patches import Patch
     kl = np.asarray(usage["kl_per_dim"])
     active = np.asarray(usage["mu_variance"]) > usage["threshold"]
     order = np.argsort(-kl, kind="stable")
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.06 * len(kl) + 3), 4), constrained_layout=True)
+    fig = Figure(figsize=(max(6.0, 0.06 * len(kl) + 3), 4), constrained_layout=True)
+    ax = fig.subplots()
     colours = np.where(active[order], "tab:blue", "tab:gray")
     ax.bar(np.arange(len(kl)), np.maximum(kl[order], 1e-6), width=0.9, color=colours)  # > 0 for the log scale
     ax.legend(handles=[Patch(color="tab:blue", label=f"active (Var_x E[z|x] > {usage['threshold']})"),
@@ -147,5 +148,4 @@ def plot_kl_per_dim(usage: dict, path: str | Path) -> Path:
            title=f"KL per latent dimension: {usage['active_units']} of {len(kl)} units active")
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

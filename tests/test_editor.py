@@ -1,7 +1,6 @@
 """The face editor: its endpoints over HTTP (a real server on a free port), its limits, and the page in
 headless Chromium (skipped without one, saying how to get it; failed under CI)."""
 
-import argparse
 import base64
 import io
 import json
@@ -19,15 +18,16 @@ from PIL import Image
 import inference
 from src import editor as editor_module
 from src import faces
-from tools import editor_load
+from src import studio as studio_module
 from src.checkpoint import load_trained
 from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, slider_codes
 from src.editor import Sessions, create_app, fit, listen
-from tools.editor_load import Client
 from src.errors import run_cli
-from src.latent import decode, interpolate_at, latent_codes, posterior_means, traversal_codes
 from src.images import to_uint8
+from src.latent import decode, interpolate_at, latent_codes, posterior_means, traversal_codes
 from tests.conftest import face_like_image, left_this_machine, serving
+from tools import editor_load
+from tools.editor_load import Client
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_info_lists_what_the_checkpoint_offers(editor):
 
 def test_an_upload_is_encoded_once_and_each_slider_answer_is_what_the_decoder_draws(editor, monkeypatch):
     encodes = []
-    monkeypatch.setattr(editor_module, "posterior_means", lambda *a: encodes.append(1) or posterior_means(*a))
+    monkeypatch.setattr(studio_module, "posterior_means", lambda *a: encodes.append(1) or posterior_means(*a))
     photo, client = jpeg(face_like_image(3)), Client(editor.url)
     status, face = post(client, "/api/upload/edit", photo, {"X-Filename": "me.jpg"})
     assert status == 200 and "me.jpg" in face["note"] and "not aligned" in face["note"]
