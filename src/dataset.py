@@ -50,7 +50,8 @@ def _decode_chunk(job: tuple[ImageSource, list[str], int, int, bool]) -> tuple[n
             try:
                 img = open_image(source, name)
                 if align:
-                    from src.faces import align as align_face, detect_faces  # cv2: only when aligning
+                    from src.faces import align as align_face  # cv2: only when aligning
+                    from src.faces import detect_faces
                     img = ImageOps.exif_transpose(to_rgb(img))
                     faces = detect_faces(img)
                     kept[i] = bool(faces)

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from src.errors import UserError
-from src.images import CELEBA_WIDTH, CELEBA_HEIGHT, preprocess, to_rgb
+from src.images import CELEBA_HEIGHT, CELEBA_WIDTH, preprocess, to_rgb
 
 # left eye, right eye (as seen in the image), mouth centre: align_face_celeba.m's points minus one
 # (MATLAB counts from 1), in 0-based pixel-centre coordinates of the 178x218 frame

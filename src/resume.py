@@ -13,10 +13,11 @@ import torch
 import torch.distributed as dist
 
 from src.config import Config
+from src.distributed import all_reduce
 from src.errors import CheckpointError
 from src.model import ConvVAE
 from src.rng import rng_state, set_rng_state
-from src.distributed import all_reduce
+
 
 class ResumeRefused(CheckpointError):
     """A resume that would not continue the same run (its message ends in "or start afresh")."""

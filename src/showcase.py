@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from src.attributes import HeldOut, indicators
-from src.dataset import ImageSplit, load_split
 from src.config import Config
+from src.dataset import ImageSplit, load_split
 from src.editing import RELIABLE_ACCURACY, Edit, LatentAttributes, edited, score_edits, sweep
 from src.errors import DataError
 from src.faces import Face, describe, model_input, open_photo, small_face_warning
@@ -197,7 +197,7 @@ def write_photo_edits(model, photos: Photos, names: list[str], attrs: LatentAttr
         edits.append(decode(model, torch.from_numpy(edited(mu, attrs, name, plan.edit(name, names), add)).float()))
         columns.append(f"{'+' if add.all() else '-' if not add.any() else '+/-'}{name}")
     side = PHOTO_PANEL
-    grow = lambda x: F.interpolate(x, size=(side, side), mode="nearest")  # noqa: E731
+    grow = lambda x: F.interpolate(x, size=(side, side), mode="nearest")
     rows = [torch.stack([photo_panel(photo, face, side), grow(inputs[i:i + 1])[0],
                          grow(decode(model, torch.from_numpy(mu[i:i + 1]).float()))[0],
                          *[grow(e[i:i + 1])[0] for e in edits]]) for i, (photo, face) in enumerate(photos.photos)]

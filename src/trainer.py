@@ -37,7 +37,6 @@ from src.rng import seed_everything
 from src.threads import ThreadTuner, boundary, configure_threads, timed
 from src.training import make_ema, make_scheduler, train_step, validation_losses
 
-
 # --------------------------------------------------------------------------- setting up
 
 @dataclass

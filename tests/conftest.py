@@ -117,6 +117,7 @@ def trained(tmp_path_factory) -> dict:
 def serving(app):
     """Serve a FastAPI app with uvicorn on a free port of 127.0.0.1 in a thread; yields its URL."""
     import uvicorn
+
     from src.editor import listen
     sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

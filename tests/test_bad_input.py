@@ -1,7 +1,6 @@
 """Every script, on each kind of bad input: exit status 2, one line on stderr naming the problem,
 and nothing already written (checkpoints, results) touched."""
 
-import json
 
 import pytest
 import torch
@@ -12,9 +11,9 @@ import evaluate
 import inference
 import plot_metrics
 import train
-from tools import benchmark
 from src.errors import run_cli
 from tests.conftest import make_celeba, tiny_config
+from tools import benchmark
 
 SCRIPTS = {"train": train.main, "evaluate": evaluate.main, "inference": inference.main,
            "analyze_failures": analyze_failures.main, "plot_metrics": plot_metrics.main,

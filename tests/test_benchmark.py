@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from tools import benchmark, thread_counts
 from src.dataset import load_split
 from src.errors import UserError
 from tests.conftest import make_celeba, tiny_config
+from tools import benchmark, thread_counts
 
 REPO = Path(__file__).resolve().parent.parent
 

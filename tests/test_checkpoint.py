@@ -12,9 +12,9 @@ from src.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_trained, mod
 from src.errors import CheckpointError, ConfigError, run_cli
 from src.model import build_model
 from src.rng import rng_state, seed_everything, set_rng_state
+from tests.conftest import tiny_config
 from tools import convert_checkpoint as checkpoint_module
 from tools.convert_checkpoint import convert_old_checkpoint
-from tests.conftest import tiny_config
 
 
 def write_checkpoint(tmp_path, **model):

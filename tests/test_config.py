@@ -6,7 +6,6 @@ import pytest
 from src.config import Config, load_config, parse_override
 from src.errors import ConfigError
 
-
 # Keys added after the seed: config/config.json stays the seed's file, and these default to its behaviour.
 ADDED_SINCE_THE_SEED = {"data": {"align"}, "model": {"upsample", "decoder_dims", "res_blocks"},
                         "train": {"threads", "lr_schedule", "warmup_steps", "ema_decay"}}

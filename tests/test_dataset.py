@@ -16,8 +16,8 @@ import src.celeba as celeba
 import src.dataset as dataset
 from src.batches import Batches, iterate_batches
 from src.dataset import load_split
-from src.images import preprocess
 from src.errors import DataError
+from src.images import preprocess
 from tests.conftest import ATTRIBUTE_NAMES, face_like_image, make_celeba, tiny_config
 
 

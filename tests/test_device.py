@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from src import device as utils
 from src.device import choose_bf16, to_device
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")

@@ -15,8 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-from src.disentanglement import (dci_from_importance, disentanglement_scores, infer_discrete, mig,
-                                 probe_auc, sap)
+from src.disentanglement import dci_from_importance, disentanglement_scores, infer_discrete, mig, probe_auc, sap
 from src.synthetic import FACTOR_NAMES, generate_faces
 
 DISCRETE = [True, True, True, False, False, False, True, True, True]

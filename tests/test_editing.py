@@ -10,12 +10,23 @@ from torch import nn
 
 import inference
 from src.attributes import binarize, held_out_mask, resolve
-from src.editing import (Edit, LatentAttributes, direction, edited, fit_classifiers, judge_decider, score_edit,
-                         logit, mean_difference, slider_codes, steps_to_target, sweep)
+from src.editing import (
+    Edit,
+    LatentAttributes,
+    direction,
+    edited,
+    fit_classifiers,
+    judge_decider,
+    logit,
+    mean_difference,
+    score_edit,
+    slider_codes,
+    steps_to_target,
+    sweep,
+)
 from src.errors import UserError, run_cli
 from src.judge import Judge, trained_judge
 from src.latent import dims_by_kl, traversal_codes
-from tests.conftest import make_celeba, tiny_config
 
 
 def test_directions_are_mean_differences_and_ignore_unknown_labels():

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import evaluate
-from src.dataset import load_split
 from src import fid
+from src.checkpoint import load_checkpoint, model_from_checkpoint
+from src.dataset import load_split
 from src.errors import run_cli
 from src.model import vae_loss
-from src.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.conftest import face_like_image, make_celeba
 
 

@@ -10,10 +10,10 @@ from PIL import Image
 
 import inference
 from src import faces
-from tools import align_accuracy
 from src.dataset import load_split
 from src.errors import UserError, run_cli
 from tests.conftest import tiny_config
+from tools import align_accuracy
 
 SIZE, CROP = 64, 148
 
@@ -168,6 +168,7 @@ def test_own_photo_is_aligned_and_what_the_model_saw_is_written(trained, tmp_pat
 
 def test_the_synthetic_faces_are_not_aligned_by_default_but_celeba_is(trained):
     import argparse
+
     from src.config import load_config
     auto = argparse.Namespace(align="auto")
     assert not inference.aligns(auto, load_config(trained["config"]))

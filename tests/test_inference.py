@@ -39,8 +39,8 @@ def test_writes_the_four_files_with_their_layouts(trained, tmp_path, capsys):
     assert all(f"wrote {out / name}" in printed for name in ("samples.png", "morph.png", "morph.gif"))
 
     # Row 1 of reconstructions.png holds originals: the first test image, as the data cache has it.
-    from src.dataset import load_split
     from src.checkpoint import load_checkpoint, model_from_checkpoint
+    from src.dataset import load_split
     _, cfg = model_from_checkpoint(load_checkpoint(trained["checkpoint"]))
     first = load_split(cfg, "test").images[0].transpose(1, 2, 0)
     assert np.array_equal(pixels(out / "reconstructions.png")[PAD:PAD + SIZE, PAD:PAD + SIZE], first)

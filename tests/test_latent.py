@@ -7,9 +7,9 @@ from PIL import Image
 
 import inference
 from src import latent
+from src.cache import cached_arrays
 from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.dataset import load_split
-from src.cache import cached_arrays
 from src.latent import fit_gmm, sample_gmm, training_gmm
 
 

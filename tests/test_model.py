@@ -98,6 +98,7 @@ def test_the_default_options_build_the_seeds_model_bit_for_bit():
     """New options default to the seed's model: the same modules, names and initial weights. The digest
     was computed with the seed's src/model.py (before the options existed) under torch.manual_seed(0)."""
     import hashlib
+
     from src.config import ModelConfig
     from src.model import build_model
     torch.manual_seed(0)

@@ -14,8 +14,8 @@ import torch
 
 import train
 from src import threads, trainer, training
-from src.errors import NumericalError, run_cli
 from src.checkpoint import load_checkpoint
+from src.errors import NumericalError, run_cli
 from tests.conftest import make_celeba, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,7 +120,7 @@ def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tmp_path):
 
 
 def test_nan_stops_at_once_and_saves_nothing(tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path, train={"epochs": 3})
+    tiny_config(tmp_path, train={"epochs": 3})
     config = tmp_path / "config.json"
     train.main(["--config", str(config), "train.epochs=1"])
     best = tmp_path / "checkpoints" / "best_vae.pth"
@@ -307,7 +307,7 @@ def test_a_resume_may_move_the_data_cache_and_workers(tmp_path, monkeypatch):
 
 def test_celeba_moved_to_another_root_resumes_but_other_files_do_not(tmp_path, capsys):
     make_celeba(tmp_path / "celeba", counts=(40, 8, 8))
-    cfg = tiny_config(tmp_path, data={"dataset": "celeba"}, train={"epochs": 2})
+    tiny_config(tmp_path, data={"dataset": "celeba"}, train={"epochs": 2})
     config = str(tmp_path / "config.json")
     train.main(["--config", config, "train.epochs=1"])
     shutil.copytree(tmp_path / "celeba", tmp_path / "moved")

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 import train
-from src.errors import run_cli
 from src.checkpoint import load_checkpoint, model_from_checkpoint
+from src.errors import run_cli
 from tests.conftest import make_celeba
 
 HISTORY_KEYS = {"epoch", "train_total", "train_recon", "train_kl", "val_total", "val_recon", "val_kl",

@@ -15,7 +15,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from src.checkpoint import CHECKPOINT_FORMAT, NUMPY_ARRAY_GLOBALS, OLD_FORMAT, safe_load, unsafe_globals, save_checkpoint
+from src.checkpoint import (
+    CHECKPOINT_FORMAT,
+    NUMPY_ARRAY_GLOBALS,
+    OLD_FORMAT,
+    safe_load,
+    save_checkpoint,
+    unsafe_globals,
+)
 from src.errors import CheckpointError, run_cli
 
 
