@@ -28,7 +28,14 @@ from src.errors import UserError, run_cli
 from src.fid import default_sample_count, inception_path
 from src.files import atomic_json, ensure_writable_dir
 from src.latent import encode
-from src.metrics import latent_usage, per_image_stats, plot_kl_per_dim, posterior_stats, reconstruction_quality, summarize
+from src.metrics import (
+    latent_usage,
+    per_image_stats,
+    plot_kl_per_dim,
+    posterior_stats,
+    reconstruction_quality,
+    summarize,
+)
 from src.report import disentanglement, fid_and_kid, format_report
 from src.threads import configure_threads
 

@@ -69,8 +69,20 @@ from src.errors import UserError, run_cli
 from src.faces import NoFaceFound, trained_on_aligned_faces
 from src.files import ensure_writable_dir
 from src.latent import SAMPLERS, latent_codes, posterior_means, training_gmm
-from src.showcase import (EditPlan, Photos, morph_images, read_photos, split_images, write_edit_report, write_edits,
-                          write_morphs, write_photo_edits, write_reconstructions, write_samples, write_traversals)
+from src.showcase import (
+    EditPlan,
+    Photos,
+    morph_images,
+    read_photos,
+    split_images,
+    write_edit_report,
+    write_edits,
+    write_morphs,
+    write_photo_edits,
+    write_reconstructions,
+    write_samples,
+    write_traversals,
+)
 from src.threads import configure_threads
 
 OUT_DIR = "inference_test_set"
