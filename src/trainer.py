@@ -15,7 +15,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -168,8 +167,7 @@ def run_epoch(run: Run, epoch: int, interrupts: Interrupts) -> Stop | None:
     if run.tuner:
         run.tuner.units.clear()
     lr, start = run.optimizer.param_groups[0]["lr"], time.perf_counter()
-    steps, images = train_epoch(run.model, run.optimizer, run.train_batches, epoch, start_step, sums, run.cfg,
-                                run.amp, interrupts, finite, last_good, lambda: _after_step(run))
+    steps, images = train_epoch(run, epoch, sums, interrupts, finite, last_good)
     train_seconds = time.perf_counter() - start
     finite.raise_if_bad(epoch, last_good)  # nothing non-finite is ever saved
     signum = interrupts.agreed(run.world_size, device)  # a signal after the last agreed step counts too
@@ -198,8 +196,7 @@ def run_epoch(run: Run, epoch: int, interrupts: Interrupts) -> Stop | None:
     run.start_step = 0
     checkpoint = _state(run, epoch + 1)
     if run.master:
-        end_of_epoch(checkpoint, run.evaluated, run.sample_z, is_best, run.last_path, run.best_path,
-                     run.results_dir, t.epochs)
+        end_of_epoch(run, checkpoint, is_best)
     if interrupts.agreed(run.world_size, device):  # the signal came during validation: all is saved
         return Stop(interrupts.signum, f"after epoch {epoch + 1}")
     return None
@@ -250,23 +247,22 @@ def checks_every_step(device: torch.device) -> bool:
     return device.type != "cuda"
 
 
-def train_epoch(model, optimizer, batches: Batches, epoch: int, start_step: int, sums: torch.Tensor, cfg: Config,
-                amp: bool, interrupts: Interrupts, finite: FiniteCheck, last_good: str,
-                after_step: Callable[[], None] = lambda: None) -> tuple[int, int]:
-    """Train one epoch from `start_step`, adding (total, recon, kl) x images, grad norm and images to `sums`
-    on the device; after_step() runs after every optimizer step (a per-step schedule, the weights'
-    average). Returns (steps done, fewer than len(batches) when interrupted; images this rank saw)."""
-    t, device, master = cfg.train, batches.device, batches.rank == 0
-    model.train()
-    steps, images = start_step, 0
-    bar = tqdm(batches.epoch(epoch, start_step), total=len(batches), initial=start_step,
+def train_epoch(run: Run, epoch: int, sums: torch.Tensor, interrupts: Interrupts, finite: FiniteCheck,
+                last_good: str) -> tuple[int, int]:
+    """Train one epoch from run.start_step, adding (total, recon, kl) x images, grad norm and images to
+    `sums` on the device. Returns (steps done, fewer than the epoch's when interrupted; images this
+    rank saw)."""
+    t, batches, device, master = run.cfg.train, run.train_batches, run.device, run.master
+    run.model.train()
+    steps, images = run.start_step, 0
+    bar = tqdm(batches.epoch(epoch, run.start_step), total=len(batches), initial=run.start_step,
                desc=f"epoch {epoch + 1}/{t.epochs}", disable=not master)
     boundary()  # validation and saving happened since the last step: the thread tuner re-warms
     for x in bar:
         n = len(x)  # a Python int: torch.tensor(n, device=cuda) would be a blocking copy each step
         with timed(n, "train step"):  # on the CPU a step is done when train_step returns
-            total, recon, kl, grad_norm = train_step(model, optimizer, x, t, amp)
-            after_step()
+            total, recon, kl, grad_norm = train_step(run.model, run.optimizer, x, t, run.amp)
+            _after_step(run)
         sums += torch.stack([total * n, recon * n, kl * n, grad_norm, torch.ones_like(total) * n])
         finite.update(steps, total, grad_norm)
         steps, images = steps + 1, images + n
@@ -299,20 +295,19 @@ def threads_used(tuner: ThreadTuner | None, steps: int) -> dict[str, int]:
     return {str(n): units[n] for n in sorted(units)}
 
 
-
-def end_of_epoch(checkpoint: dict, model: ConvVAE, sample_z: torch.Tensor, is_best: bool, last_path: Path,
-                 best_path: Path, results_dir: Path, epochs: int) -> None:
+def end_of_epoch(run: Run, checkpoint: dict, is_best: bool) -> None:
     """Rank 0: write the checkpoints, history.json and the sample grid, and print the epoch's line."""
-    save_checkpoint(checkpoint, last_path)
+    save_checkpoint(checkpoint, run.last_path)
     if is_best:
-        save_checkpoint(checkpoint, best_path)
+        save_checkpoint(checkpoint, run.best_path)
     history = checkpoint["history"]
-    atomic_json(results_dir / "history.json", history)
+    atomic_json(run.results_dir / "history.json", history)
+    model = run.evaluated
     model.eval()
     with torch.no_grad():
-        save_image_grid(model.decode(sample_z), results_dir / "train_samples.png")
+        save_image_grid(model.decode(run.sample_z), run.results_dir / "train_samples.png")
     h = history[-1]
-    tqdm.write(f"epoch {h['epoch']}/{epochs}  train {h['train_total']:.2f} (recon {h['train_recon']:.2f}, "
+    tqdm.write(f"epoch {h['epoch']}/{run.cfg.train.epochs}  train {h['train_total']:.2f} (recon {h['train_recon']:.2f}, "
                f"kl {h['train_kl']:.2f})  val {h['val_total']:.2f} (recon {h['val_recon']:.2f}, kl "
                f"{h['val_kl']:.2f})  {h['epoch_seconds']:.1f} s, {h['images_per_second']:.0f} img/s"
                f"{'  *best*' if is_best else ''}")
