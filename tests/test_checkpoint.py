@@ -162,7 +162,7 @@ def test_cuda_rng_is_saved_and_restored_for_this_device_only(monkeypatch):
 
 
 def test_checkpoints_with_and_without_the_new_keys_load(tmp_path):
-    """A checkpoint written before the faces recipe's options (its config lacks them) loads as the seed's
+    """A checkpoint written before the faces recipe's options (its config lacks them) loads as the baseline's
     model; one that kept a moving average of its weights is evaluated with that average."""
     import train
     cfg = tiny_config(tmp_path, model={"upsample": "nearest", "res_blocks": 1}, train={"ema_decay": 0.5})

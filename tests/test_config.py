@@ -6,19 +6,20 @@ import pytest
 from src.config import Config, load_config, parse_override
 from src.errors import ConfigError
 
-# Keys added after the seed: config/config.json stays the seed's file, and these default to its behaviour.
-ADDED_SINCE_THE_SEED = {"data": {"align"}, "model": {"upsample", "decoder_dims", "res_blocks"},
+# Keys added after the original specification: config/config.json stays the baseline's file, and these
+# default to its behaviour.
+ADDED_SINCE_THE_SPECIFICATION = {"data": {"align"}, "model": {"upsample", "decoder_dims", "res_blocks"},
                         "train": {"threads", "lr_schedule", "warmup_steps", "ema_decay"}}
 
 
-def test_config_json_is_the_seeds_setup_with_the_schema_defaults():
-    """config/config.json is the seed's CelebA setup: every key of its time, with the schema's default value."""
+def test_config_json_is_the_baseline_with_the_schema_defaults():
+    """config/config.json is the baseline's CelebA setup: every key of its time, with the schema's default value."""
     with open("config/config.json") as f:
         raw = json.load(f)
     expected = asdict(Config())
     for key in ("synthetic_train", "synthetic_val", "synthetic_test", "synthetic_seed"):  # quickstart-only keys
         del expected["data"][key]
-    for section, keys in ADDED_SINCE_THE_SEED.items():
+    for section, keys in ADDED_SINCE_THE_SPECIFICATION.items():
         for key in keys:
             del expected[section][key]
     assert raw == expected
@@ -30,8 +31,8 @@ def test_quickstart_is_synthetic_and_valid():
     assert cfg.model.hidden_dims == [32, 64, 128, 256, 512]
 
 
-def test_faces_recipe_is_the_seed_config_plus_its_levers():
-    """config/faces.json changes only what the README's faces recipe names, and writes beside the seed's run."""
+def test_faces_recipe_is_the_baseline_plus_its_levers():
+    """config/faces.json changes only what the faces recipe names, and writes beside the baseline's run."""
     faces, seed = asdict(load_config("config/faces.json")), asdict(load_config("config/config.json"))
     changed = {(section, key): value for section in seed for key, value in faces[section].items()
                if seed[section][key] != value}

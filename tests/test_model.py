@@ -91,12 +91,12 @@ def test_bits_per_dim_is_the_8_bit_scale():
 
 # --------------------------------------------------------------------------- the faces recipe's options
 
-SEED_MODEL_DIGEST = "18fca054789934021579c1f8f8f1cad3870331d21c87dfaa99b3eb35a62d1d47"  # the seed's code, seed 0
+BASELINE_MODEL_DIGEST = "18fca054789934021579c1f8f8f1cad3870331d21c87dfaa99b3eb35a62d1d47"  # the baseline's original code, seed 0
 
 
 def test_the_default_options_build_the_seeds_model_bit_for_bit():
-    """New options default to the seed's model: the same modules, names and initial weights. The digest
-    was computed with the seed's src/model.py (before the options existed) under torch.manual_seed(0)."""
+    """New options default to the baseline's model: the same modules, names and initial weights. The digest
+    was computed with the original src/model.py (before the options existed) under torch.manual_seed(0)."""
     import hashlib
 
     from src.config import ModelConfig
@@ -107,7 +107,7 @@ def test_the_default_options_build_the_seeds_model_bit_for_bit():
     for name, value in model.state_dict().items():
         digest.update(name.encode())
         digest.update(value.detach().contiguous().numpy().tobytes())
-    assert digest.hexdigest() == SEED_MODEL_DIGEST
+    assert digest.hexdigest() == BASELINE_MODEL_DIGEST
 
 
 @pytest.mark.parametrize("upsample, decoder_dims, res_blocks", [
@@ -166,7 +166,7 @@ def test_learning_rate_schedules():
         return seen, per_step
 
     seed, per_step = lrs()
-    assert not per_step and seed == pytest.approx([1.0, 0.95, 0.95 ** 2])  # the seed's, once per epoch
+    assert not per_step and seed == pytest.approx([1.0, 0.95, 0.95 ** 2])  # the baseline's, once per epoch
     cosine, per_step = lrs(lr_schedule="cosine", warmup_steps=5)
     assert per_step and cosine[:5] == pytest.approx([0.2 * (i + 1) * 0.5 * (1 + math.cos(math.pi * i / 30))
                                                      for i in range(5)])

@@ -283,7 +283,7 @@ def test_auto_is_bitwise_the_run_with_the_same_thread_count_at_every_step(tmp_pa
 
 
 def test_auto_on_an_idle_machine_is_bitwise_the_forced_full_count(tmp_path, monkeypatch):
-    """Alone on the machine auto never tries fewer threads, so the seed's numbers hold under the default."""
+    """Alone on the machine auto never tries fewer threads, so the baseline's numbers hold under the default."""
     monkeypatch.setattr(threads, "available_cores", lambda: 2)
     monkeypatch.setattr(threads.OtherPrograms, "__call__", lambda self: False)
     runs = {}

@@ -110,7 +110,7 @@ def test_the_calibrated_gaussian_decoder_trains_in_nats_and_evaluates(tmp_path, 
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     z = metrics["z_sampled"]
     assert metrics["recon_loss"] == "gaussian" and z["beta_loss"] == pytest.approx(z["nll_nats"] + 1.2 * z["kl"])
-    assert z["recon"] > 0 and z["elbo_nats"] == pytest.approx(z["nll_nats"] + z["kl"])  # seed's units too
+    assert z["recon"] > 0 and z["elbo_nats"] == pytest.approx(z["nll_nats"] + z["kl"])  # the baseline's units too
     with pytest.raises(Exception, match="trained with train.recon_loss=gaussian"):
         train.main(["--config", path, "--resume", "train.recon_loss=mse_sum", "train.epochs=3"])
 
