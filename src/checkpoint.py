@@ -6,6 +6,7 @@ of it runs. Loads always map to the CPU; load_state_dict moves the weights to th
 A file of the older format conv-vae/1 is converted once by python -m tools.convert_checkpoint.
 """
 
+import copy
 import pickle
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from src import pretrained
 from src.config import Config, config_from_dict, load_config
 from src.device import pick_device
 from src.errors import CheckpointError, CheckpointNotFound, ConfigError
@@ -107,18 +109,35 @@ class Trained(NamedTuple):
     path: Path
 
 
+def checkpoint_path(checkpoint: str | Path | None, cfg: Config) -> Path:
+    """Which model a script uses: `checkpoint` ("pretrained": the shipped model), else best_vae.pth in
+    paths.checkpoint_dir when it exists, else the shipped model when it is there."""
+    shipped = pretrained.SHIPPED
+    if checkpoint == "pretrained":
+        return shipped
+    if checkpoint:
+        return Path(checkpoint)
+    trained = Path(cfg.paths.checkpoint_dir) / "best_vae.pth"
+    return shipped if not trained.exists() and shipped.is_file() else trained
+
+
 def load_trained(checkpoint: str | Path | None, config: str | Path | None = None,
                  overrides: Sequence[str] = ()) -> Trained:
-    """The model of `checkpoint` (default: best_vae.pth in paths.checkpoint_dir) for scripts that use it.
+    """The model of checkpoint_path(checkpoint) for scripts that use it: a checkpoint of train.py, or a
+    pretrained file (src/pretrained.py; its state holds its "epoch" and "info").
 
     The config is the one stored in the checkpoint, then the `config` file if given, then the
     overrides: `data.root=...` evaluates on other data, while the model's shape always comes from
     the checkpoint.
     """
-    located = load_config(config, overrides)
-    path = Path(checkpoint) if checkpoint else Path(located.paths.checkpoint_dir) / "best_vae.pth"
-    state = load_checkpoint(path)
-    model, trained = model_from_checkpoint(state, path)
+    path = checkpoint_path(checkpoint, load_config(config, overrides))
+    shipped = pretrained.shipped_parts(path)
+    if shipped is not None:
+        model, trained = copy.deepcopy(shipped.model), shipped.cfg
+        state = {"epoch": shipped.info.get("epoch"), "info": shipped.info}
+    else:
+        state = load_checkpoint(path)
+        model, trained = model_from_checkpoint(state, path)
     cfg = load_config(config, overrides, base=trained)
     if cfg.model != trained.model or cfg.data.image_size != trained.data.image_size:
         raise ConfigError(f"model.* and data.image_size are fixed by the checkpoint {path}; "

@@ -7,8 +7,11 @@ flag can fix into advice about that flag.
 import argparse
 import re
 import sys
+from pathlib import Path
 
+from src import pretrained
 from src.checkpoint import Trained, load_trained
+from src.config import load_config
 from src.errors import CheckpointNotFound
 
 OVERRIDE = re.compile(r"^[A-Za-z_]+\.[A-Za-z_]+=")  # section.key=value
@@ -29,7 +32,8 @@ def argument_parser(description: str, checkpoint: bool = False) -> argparse.Argu
     parser = _ArgumentParser(description=description)
     if checkpoint:
         parser.add_argument("--checkpoint", default=None,
-                            help="trained model (default: best_vae.pth in paths.checkpoint_dir)")
+                            help="trained model: a checkpoint, or 'pretrained' for the shipped model (default: "
+                                 "best_vae.pth in paths.checkpoint_dir, else the shipped model)")
     parser.add_argument("--config", default=None, help="JSON config (default config/config.json, or for "
                         "scripts that load a checkpoint, the config stored in it)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
@@ -39,8 +43,14 @@ def argument_parser(description: str, checkpoint: bool = False) -> argparse.Argu
 
 
 def trained_model(args: argparse.Namespace) -> Trained:
-    """load_trained() for a script's --checkpoint, --config and overrides."""
+    """load_trained() for a script's --checkpoint, --config and overrides; says when the shipped model
+    stands in for a checkpoint that has not been trained."""
     try:
-        return load_trained(args.checkpoint, args.config, args.overrides)
+        trained = load_trained(args.checkpoint, args.config, args.overrides)
     except CheckpointNotFound as e:
         raise CheckpointNotFound(f"{e}, or pass --checkpoint PATH") from None
+    if not args.checkpoint and trained.path == pretrained.SHIPPED:
+        default = Path(load_config(args.config, args.overrides).paths.checkpoint_dir) / "best_vae.pth"
+        print(f"no trained model at {default}: using the shipped model {trained.path.parent.name}/"
+              f"{trained.path.name} (docs/model-card.md); --checkpoint PATH uses another")
+    return trained

@@ -60,7 +60,7 @@ from src.studio import (
     TraverseRequest,
     data_url,
     first_shown,
-    fit,
+    fitted_for,
     png,
 )
 
@@ -142,7 +142,7 @@ def create_app(model, cfg: Config, checkpoint: str | Path, align: bool, fitted: 
     """The editor's app for a trained model (in eval mode): `align` photos like CelebA or take their
     centre (inference.aligns); `fitted` is fit() unless given; bound to `host`, which (when loopback)
     is the only kind of name requests may be addressed to."""
-    studio = Studio(model, cfg, fitted or fit(model, cfg, Path(checkpoint)), align)
+    studio = Studio(model, cfg, fitted or fitted_for(model, cfg, Path(checkpoint)), align)
     sessions = Sessions(max_sessions)
     pages = {path: ((STATIC / name).read_bytes(), media) for path, (name, media) in PAGES.items()}
     app = FastAPI(title="VAE face editor", docs_url=None, redoc_url=None, openapi_url=None)  # docs load a CDN

@@ -244,11 +244,15 @@ def format_edit_table(results: dict) -> str:
 
 # --------------------------------------------------------------------------- traversals
 
-def write_traversals(model, images: np.ndarray, batch_size: int, start: torch.Tensor, start_name: str,
-                     dims: int, steps: int, out_dir: Path) -> list[Path]:
-    """traversals.png and traversals.gif: the `dims` dimensions of largest mean KL, -3 ... +3."""
+def ranked_dims(model, images: np.ndarray, batch_size: int, k: int) -> list[tuple[int, float]]:
+    """The k latent dimensions of largest mean KL over the images, with their KL."""
     mu, logvar = encode(model, images, batch_size, model.device, desc="encoding for KL per dimension")
-    ranked = dims_by_kl(mu, logvar, min(dims, mu.shape[1]))
+    return dims_by_kl(mu, logvar, min(k, mu.shape[1]))
+
+
+def write_traversals(model, ranked: list[tuple[int, float]], start: torch.Tensor, start_name: str, steps: int,
+                     out_dir: Path) -> list[Path]:
+    """traversals.png and traversals.gif: each of the `ranked` dimensions set to -3 ... +3 around `start`."""
     values = torch.linspace(-TRAVERSE_RANGE, TRAVERSE_RANGE, steps)
     grid = decode(model, traversal_codes(start, [d for d, _ in ranked], values))  # (dims, values, 3, S, S)
     labels = [f"z[{d}]  KL {kl:.2f}" for d, kl in ranked]

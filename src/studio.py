@@ -33,6 +33,7 @@ from src.latent import (
     training_gmm,
     traversal_codes,
 )
+from src.pretrained import shipped_parts
 from src.threads import timed
 
 MAX_SAMPLES = 64                 # faces per sample grid
@@ -74,6 +75,14 @@ def fit(model, cfg: Config, checkpoint: Path) -> Fitted:
     rows = np.linspace(0, len(ranked) - 1, min(KL_IMAGES, len(ranked))).astype(int)
     mu, logvar = encode(model, np.asarray(ranked.images[rows]), bs, device, desc="ranking latent dimensions by KL")
     return Fitted(attrs, gmm, dims_by_kl(mu, logvar, model.latent_dim), notes)
+
+
+def fitted_for(model, cfg: Config, checkpoint: Path) -> Fitted:
+    """What a pretrained file carries (no dataset needed), else fit() on the training data."""
+    shipped = shipped_parts(checkpoint)
+    if shipped is not None:
+        return Fitted(shipped.attrs, shipped.gmm, shipped.dims)
+    return fit(model, cfg, checkpoint)
 
 
 def first_shown(names: list[str]) -> list[str]:

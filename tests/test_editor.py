@@ -21,10 +21,11 @@ from src import faces
 from src import studio as studio_module
 from src.checkpoint import load_trained
 from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, slider_codes
-from src.editor import Sessions, create_app, fit, listen
+from src.editor import Sessions, create_app, listen
 from src.errors import run_cli
 from src.images import to_uint8
 from src.latent import decode, interpolate_at, latent_codes, posterior_means, traversal_codes
+from src.studio import fit
 from tests.conftest import face_like_image, left_this_machine, serving
 from tools import editor_load
 from tools.editor_load import Client

@@ -1,0 +1,122 @@
+"""A pretrained file: exported from a checkpoint, loaded with weights_only and checked against its
+recorded SHA-256, and enough to sample and edit without any dataset."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from src import dataset
+from src.checkpoint import load_trained
+from src.editing import Edit, edited
+from src.latent import latent_codes
+from src.pretrained import PRETRAINED_FORMAT, SUMS, PretrainedError, load_pretrained, recorded_digest
+from src.studio import fit
+from tools import export_model
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrained") / "tiny.pt"
+    export_model.main(["--checkpoint", str(trained["checkpoint"]), "--out", str(out)])
+    return out
+
+
+def test_the_file_loads_with_weights_only_and_matches_its_recorded_sha256(exported):
+    contents = torch.load(exported, weights_only=True)
+    assert contents["format"] == PRETRAINED_FORMAT
+    assert all(v.dtype in (torch.float16, torch.int64) for v in contents["weights"].values())
+    assert recorded_digest(exported) == hashlib.sha256(exported.read_bytes()).hexdigest()
+    assert (exported.parent / SUMS).read_text().endswith(f"  {exported.name}\n")
+
+
+def test_it_draws_and_edits_what_the_checkpoint_does(trained, exported):
+    model, cfg, _, checkpoint = load_trained(str(trained["checkpoint"]))
+    pretrained = load_pretrained(exported)
+    assert pretrained.cfg.model == cfg.model and not pretrained.model.training
+    fitted = fit(model, cfg, checkpoint)
+    z = latent_codes("gmm", 8, model.latent_dim, seed=0, gmm=fitted.gmm)
+    with torch.no_grad():  # float16 weights: the same faces to a few 8-bit levels
+        assert (pretrained.model.decode(z) - model.decode(z)).abs().max() < 0.02
+    assert pretrained.attrs.names == fitted.attrs.names and pretrained.dims == fitted.dims
+    assert np.allclose(pretrained.gmm["covariances"], fitted.gmm["covariances"])
+    assert np.allclose(pretrained.attrs.weights, fitted.attrs.weights)
+
+
+def test_sampling_and_editing_need_no_dataset(exported, monkeypatch):
+    monkeypatch.setattr(dataset, "load_split", lambda *a: pytest.fail("read a dataset"))
+    pretrained = load_pretrained(exported)
+    name = pretrained.attrs.names[0]
+    z = latent_codes("gmm", 4, pretrained.model.latent_dim, seed=1, gmm=pretrained.gmm).double().numpy()
+    moved = edited(z, pretrained.attrs, name, Edit("mean", None, 0.99), add=True)
+    probability = 1 / (1 + np.exp(-pretrained.attrs.logits(name, moved)))
+    assert np.allclose(probability, 0.99)
+    with torch.no_grad():
+        assert pretrained.model.decode(torch.from_numpy(moved).float()).shape == (4, 3, 16, 16)
+
+
+def test_a_changed_byte_is_a_one_line_error(exported, tmp_path):
+    damaged = tmp_path / exported.name
+    data = bytearray(exported.read_bytes())
+    data[len(data) // 2] ^= 1
+    damaged.write_bytes(bytes(data))
+    (tmp_path / SUMS).write_text((exported.parent / SUMS).read_text())
+    with pytest.raises(PretrainedError, match=r"is damaged or replaced: its SHA-256 is") as e:
+        load_pretrained(damaged)
+    assert "\n" not in str(e.value) and str(damaged) in str(e.value)
+    (tmp_path / SUMS).write_text("")
+    with pytest.raises(PretrainedError, match="has no SHA-256"):
+        load_pretrained(damaged)
+
+
+
+# ----------------------------------------------------------------------------- which model a script uses
+
+@pytest.fixture
+def shipped(exported, monkeypatch):
+    """The exported tiny model stands in for the shipped one."""
+    from src import pretrained
+    monkeypatch.setattr(pretrained, "SHIPPED", exported)
+    return exported
+
+
+def test_without_a_trained_checkpoint_the_shipped_model_is_used_and_named(shipped, tmp_path, capsys):
+    import inference
+    inference.main([f"paths.checkpoint_dir={tmp_path / 'none'}", f"paths.results_dir={tmp_path}",
+                    f"data.root={tmp_path / 'no_data'}", "data.dataset=folder", "--sampler", "gmm"])
+    out = capsys.readouterr().out
+    assert f"no trained model at {tmp_path / 'none' / 'best_vae.pth'}: using the shipped model" in out
+    assert f"{shipped} (epoch" in out and "the figures use generated faces" in out
+    written = sorted(p.name for p in (tmp_path / "inference_test_set").iterdir())
+    assert written == ["morph.gif", "morph.png", "samples.png"]  # no images to reconstruct: samples morphed
+
+
+def test_a_trained_checkpoint_wins_and_pretrained_names_the_shipped_one(shipped, trained, tmp_path, capsys):
+    import inference
+    base = [f"paths.results_dir={tmp_path}", "--n", "4"]
+    inference.main([f"paths.checkpoint_dir={trained['checkpoint'].parent}", *base])
+    out = capsys.readouterr().out
+    assert f"{trained['checkpoint']} (epoch 2)" in out and "shipped" not in out
+    inference.main(["--checkpoint", "pretrained", f"paths.checkpoint_dir={trained['checkpoint'].parent}", *base])
+    assert f"{shipped} (epoch 2)" in capsys.readouterr().out
+
+
+def test_editing_a_photo_with_the_shipped_model_reads_no_dataset(shipped, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    import inference
+    monkeypatch.setattr(inference, "load_split", lambda *a: pytest.fail("read a dataset"))
+    Image.new("RGB", (40, 40), "orange").save(tmp_path / "photo.png")
+    name = load_pretrained(shipped).attrs.names[0]
+    inference.main([f"paths.checkpoint_dir={tmp_path / 'none'}", f"paths.results_dir={tmp_path}",
+                    "--images", str(tmp_path / "photo.png"), "--edit", name, "--align", "off"])
+    assert (tmp_path / "inference_test_set" / "photo_edits.png").is_file()
+
+
+def test_training_never_starts_from_the_shipped_model(shipped, config_file, monkeypatch):
+    import train
+    from src import pretrained
+    monkeypatch.setattr(pretrained, "load_pretrained", lambda *a: pytest.fail("training read the shipped model"))
+    monkeypatch.setattr(pretrained, "shipped_parts", lambda *a: pytest.fail("training read the shipped model"))
+    train.main(["--config", str(config_file())])
