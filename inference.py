@@ -63,16 +63,18 @@ import torch
 from src.attributes import held_out, indicators, resolve
 from src.cli import argument_parser, trained_model
 from src.config import Config
-from src.dataset import load_split
+from src.dataset import ImageSplit, load_split
 from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, METHODS, latent_attributes
-from src.errors import UserError, run_cli
+from src.errors import DataError, UserError, run_cli
 from src.faces import NoFaceFound, trained_on_aligned_faces
 from src.files import ensure_writable_dir
 from src.latent import SAMPLERS, latent_codes, posterior_means, training_gmm
+from src.pretrained import Pretrained, shipped_parts
 from src.showcase import (
     EditPlan,
     Photos,
     morph_images,
+    ranked_dims,
     read_photos,
     split_images,
     write_edit_report,
@@ -193,45 +195,60 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.serve:
         return serve_editor(args)
     model, cfg, state, checkpoint = trained_model(args)
+    shipped = shipped_parts(checkpoint)  # a pretrained file carries its GMM, directions and dimensions
     out_dir = ensure_writable_dir(Path(cfg.paths.results_dir) / OUT_DIR, "paths.results_dir")
     photos = your_photos(args, cfg, out_dir) if args.images else None
     configure_threads(cfg.train.threads, model.device)  # "auto" tunes on the encoder and edit-judge batches
     print(f"{checkpoint} (epoch {state.get('epoch')}), {cfg.data.image_size}x{cfg.data.image_size} images, "
           f"latent {model.latent_dim}")
-    train = load_split(cfg, "train") if args.sampler == "gmm" or args.edit else None
+    needs_train = (args.sampler == "gmm" or args.edit) and (shipped is None or args.judge)
+    train = load_split(cfg, "train") if needs_train else None
     if args.edit:  # unknown names and unlabelled data fail here, before anything is written
-        resolve(args.edit + (args.keep or []), indicators(train)[1])
+        resolve(args.edit + (args.keep or []), shipped.attrs.names if shipped else indicators(train)[1])
     bs, written = cfg.train.batch_size, []
     with torch.no_grad():
-        gmm = training_gmm(model, checkpoint, train.images, train.data_id, cfg.data.cache_dir, bs, model.device) \
+        gmm = (shipped.gmm if shipped else training_gmm(model, checkpoint, train.images, train.data_id,
+                                                         cfg.data.cache_dir, bs, model.device)) \
             if args.sampler == "gmm" else None
         samples, path = write_samples(model, latent_codes(args.sampler, args.n, model.latent_dim, args.seed, gmm,
                                                           args.temperature), out_dir)
         written.append(path)
-        split = load_split(cfg, args.split) if photos is None else None
+        split = None if photos is not None else images_of(cfg, args.split, optional=shipped is not None)
         if split is not None:
             morphed = morph_images(split, args.pairs, args.split)  # checks the split has two images first
             written.append(write_reconstructions(model, split, out_dir))
-        written += write_morphs(model, morphed if photos is None else photos.inputs, args.steps, out_dir)
+        morphed = photos.inputs if photos is not None else morphed if split is not None else samples[:2 * args.pairs]
+        written += write_morphs(model, morphed, args.steps, out_dir)
         sources, source = edit_sources(args, samples, photos, split)
         if args.edit:
-            split = split if split is not None else load_split(cfg, args.split)
             written += write_edit_figures(args, model, cfg, checkpoint, train, split, sources, source, photos,
-                                          out_dir)
+                                          shipped, out_dir)
         if args.traverse:
-            ranking = split if split is not None else load_split(cfg, args.split)
+            ranked = shipped.dims[:args.dims] if shipped else \
+                ranked_dims(model, (split or load_split(cfg, args.split)).images, bs, args.dims)
             start = torch.zeros(model.latent_dim) if args.from_prior else posterior_means(model, sources[:1])[0]
             start_name = "z = 0" if args.from_prior else f"the first of the {source}"
-            written += write_traversals(model, ranking.images, bs, start, start_name, args.dims,
-                                        args.traverse_steps, out_dir)
+            written += write_traversals(model, ranked, start, start_name, args.traverse_steps, out_dir)
     for path in written:
         print(f"wrote {path}")
 
 
+def images_of(cfg: Config, split_name: str, optional: bool) -> ImageSplit | None:
+    """The split to reconstruct, morph and edit; None (said) when it is optional and cannot be read."""
+    try:
+        return load_split(cfg, split_name)
+    except DataError as e:
+        if not optional:
+            raise
+        print(f"no {split_name} images to reconstruct (data.root {cfg.data.root}: {type(e).__name__}): the "
+              "figures use generated faces")
+        return None
+
+
 def edit_sources(args, samples: torch.Tensor, photos: Photos | None, split) -> tuple[torch.Tensor, str]:
-    """The faces edits and traversals start from, and what they are: --from-prior samples, your
-    images, or --edit-rows images of --split."""
-    if args.from_prior:
+    """The faces edits and traversals start from, and what they are: --from-prior samples (or samples
+    when there are no images), your images, or --edit-rows images of --split."""
+    if args.from_prior or (photos is None and split is None):
         return samples[:args.edit_rows], f"{args.sampler} samples"
     if photos is not None:
         return photos.inputs, "your images"
@@ -239,12 +256,15 @@ def edit_sources(args, samples: torch.Tensor, photos: Photos | None, split) -> t
 
 
 def write_edit_figures(args, model, cfg: Config, checkpoint: Path, train, split, sources: torch.Tensor, source: str,
-                       photos: Photos | None, out_dir: Path) -> list[Path]:
-    """edits.png/.gif, photo_edits.png for --images and, with --judge, edits.json."""
+                       photos: Photos | None, shipped: Pretrained | None, out_dir: Path) -> list[Path]:
+    """edits.png/.gif, photo_edits.png for --images and, with --judge, edits.json. A pretrained file's
+    directions need no data; the judge always does."""
     plan = EditPlan(args.method, args.target, args.strength, args.keep)
-    held = held_out(args.split, split, train)
-    attrs = latent_attributes(model, checkpoint, train, held.fit_rows, cfg.data.cache_dir, cfg.train.batch_size,
-                              model.device)
+    held = None
+    if shipped is None or args.judge:
+        held = held_out(args.split, split if split is not None else load_split(cfg, args.split), train)
+    attrs = shipped.attrs if shipped else latent_attributes(model, checkpoint, train, held.fit_rows,
+                                                            cfg.data.cache_dir, cfg.train.batch_size, model.device)
     names = resolve(args.edit, attrs.names)  # an attribute without both sides has no direction
     written = write_edits(model, names, attrs, sources, source, plan, args.edit_steps, out_dir)
     if photos is not None:
