@@ -50,6 +50,7 @@ from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, METHODS
 from src.errors import UserError
 from src.faces import MAX_PHOTO_PIXELS
 from src.latent import SAMPLERS, TRAVERSE_RANGE
+from src.pretrained import shipped_parts
 from src.studio import (
     EditRequest,
     Fitted,
@@ -189,7 +190,9 @@ def create_app(model, cfg: Config, checkpoint: str | Path, align: bool, fitted: 
     @app.get("/api/info")
     def info() -> dict:
         names = studio.fitted.attrs.names if studio.fitted.attrs is not None else []
-        return {"checkpoint": Path(checkpoint).name, "image_size": cfg.data.image_size, "align": align,
+        return {"checkpoint": Path(checkpoint).name, "model": model_name(Path(checkpoint)),
+                "serve_another": "python inference.py --serve --checkpoint PATH", "image_size": cfg.data.image_size,
+                "align": align,
                 "attributes": names, "shown": first_shown(names), "methods": list(METHODS), "method": method,
                 "target": target, "samplers": [s for s in SAMPLERS if s != "gmm" or studio.fitted.gmm is not None],
                 "dims": studio.fitted.dims, "traverse_range": TRAVERSE_RANGE, "notes": studio.fitted.notes,
@@ -227,6 +230,13 @@ def create_app(model, cfg: Config, checkpoint: str | Path, align: bool, fitted: 
         return png_response(studio.traverse(request.state.session.get("edit"), body.dim, body.value))
 
     return app
+
+
+def model_name(checkpoint: Path) -> str:
+    """How the page names the model it serves."""
+    if shipped_parts(checkpoint) is not None:
+        return f"the shipped pretrained model ({checkpoint.name})"
+    return f"{checkpoint.parent.name}/{checkpoint.name}"
 
 
 # --------------------------------------------------------------------------- serving

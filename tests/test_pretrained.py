@@ -120,3 +120,15 @@ def test_training_never_starts_from_the_shipped_model(shipped, config_file, monk
     monkeypatch.setattr(pretrained, "load_pretrained", lambda *a: pytest.fail("training read the shipped model"))
     monkeypatch.setattr(pretrained, "shipped_parts", lambda *a: pytest.fail("training read the shipped model"))
     train.main(["--config", str(config_file())])
+
+
+def test_the_editor_says_which_model_it_serves_and_how_to_serve_another(shipped, trained):
+    from src.editor import create_app
+    from tests.conftest import serving
+    from tools.editor_load import Client
+    for checkpoint, name in ((shipped, f"the shipped pretrained model ({shipped.name})"),
+                             (trained["checkpoint"], "checkpoints/best_vae.pth")):
+        model, cfg, _, path = load_trained(str(checkpoint))
+        with serving(create_app(model, cfg, path, align=False)) as url:
+            info = Client(url).json("GET", "/api/info")
+        assert info["model"] == name and info["serve_another"] == "python inference.py --serve --checkpoint PATH"

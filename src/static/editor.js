@@ -205,8 +205,10 @@ function showTab(name) {
 
 async function start() {
   info = await (await call("/api/info")).json();
-  $("model").textContent = `${info.checkpoint}, ${info.image_size}×${info.image_size}, `
+  $("model").textContent = `${info.model}, ${info.image_size}×${info.image_size}, `
     + (info.align ? "photos aligned like CelebA" : "photos not aligned");
+  $("model").title = `serve another model: ${info.serve_another}`;
+  $("another").textContent = `another model: ${info.serve_another}`;
   if (info.notes.length) say(info.notes.join(" "));
   $("method").replaceChildren(...info.methods.map((m) => new Option(m, m, false, m === info.method)));
   $("amount").value = info.target;
