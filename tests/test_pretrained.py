@@ -132,3 +132,20 @@ def test_the_editor_says_which_model_it_serves_and_how_to_serve_another(shipped,
         with serving(create_app(model, cfg, path, align=False)) as url:
             info = Client(url).json("GET", "/api/info")
         assert info["model"] == name and info["serve_another"] == "python inference.py --serve --checkpoint PATH"
+
+
+def test_the_hub_entry_loads_from_a_local_directory_and_samples_encodes_and_edits(exported, tmp_path):
+    from pathlib import Path
+
+    from PIL import Image
+    repo = Path(__file__).resolve().parent.parent
+    model = torch.hub.load(str(repo), "celeba64", source="local", path=str(exported))
+    faces = model.sample(4, seed=3)
+    assert faces.shape == (4, 3, 16, 16) and 0 <= faces.min() and faces.max() <= 1
+    assert torch.equal(faces, model.sample(4, seed=3))  # seeded
+    Image.new("RGB", (30, 40), "teal").save(tmp_path / "me.png")
+    x = model.photo(tmp_path / "me.png")
+    name = model.attributes[0]
+    added = model.edit(x, name, target=0.99)
+    codes = model.encode(added).double().numpy()
+    assert added.shape == x.shape and model.pretrained.attrs.logits(name, codes)[0] > 0  # now reads as having it
