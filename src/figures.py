@@ -4,7 +4,6 @@ import math
 from pathlib import Path
 
 import torch
-import torchvision.utils
 from PIL import Image, ImageDraw, ImageFont
 
 from src.images import to_uint8
@@ -12,6 +11,7 @@ from src.images import to_uint8
 
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 2) -> Path:
     """Save a batch of [0, 1] images (N, 3, H, W) as one PNG grid."""
+    import torchvision.utils  # here, not at the top: importing torchvision costs a second (the editor starts faster)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torchvision.utils.save_image(images.detach().float().cpu().clamp(0, 1), path, nrow=nrow,

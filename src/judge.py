@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.functional import gaussian_blur
 from tqdm import tqdm
 
 from src.attributes import held_out_mask
@@ -52,6 +51,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flips, and for half the batches a Gaussian blur of random width (sigma 0.2 to
     1 px at 64 px): decoded faces are blurrier than photos, and the judge must read attributes, not
     sharpness (wider blurs erase thin glasses frames and only teach it to guess)."""
+    from torchvision.transforms.functional import gaussian_blur  # a second to import: only when training a judge
     flip = torch.rand(len(x), generator=generator) < 0.5
     x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
     if torch.rand(1, generator=generator).item() < 0.5:
