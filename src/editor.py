@@ -141,8 +141,8 @@ def create_app(model, cfg: Config, checkpoint: str | Path, align: bool, fitted: 
                host: str = "127.0.0.1", method: str = DEFAULT_METHOD, target: float = DEFAULT_TARGET,
                max_sessions: int = MAX_SESSIONS) -> FastAPI:
     """The editor's app for a trained model (in eval mode): `align` photos like CelebA or take their
-    centre (inference.aligns); `fitted` is fit() unless given; bound to `host`, which (when loopback)
-    is the only kind of name requests may be addressed to."""
+    centre; `fitted` is fitted_for() unless given (a pretrained file's, or fitted on the training
+    data); bound to `host`, which (when loopback) is the only kind of name requests may be addressed to."""
     studio = Studio(model, cfg, fitted or fitted_for(model, cfg, Path(checkpoint)), align)
     sessions = Sessions(max_sessions)
     pages = {path: ((STATIC / name).read_bytes(), media) for path, (name, media) in PAGES.items()}
