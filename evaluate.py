@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     train = split if args.split == "train" else load_split(cfg, "train")
     train_mu = encode(model, train.images, bs, model.device, desc="encoding train")[0]
     factors = disentanglement(cfg, args.split, split, train, posterior["mu"].numpy(), train_mu)
-    generative = None if args.no_fid else generative_metrics(args, model, cfg, checkpoint, split, train, train_mu)
+    generative = None if args.no_fid else sample_fid(args, model, cfg, checkpoint, split, train, train_mu)
 
     metrics = {"checkpoint": str(checkpoint), "epoch": state.get("epoch"), "dataset": cfg.data.dataset,
                "data_root": cfg.data.root if cfg.data.dataset != "synthetic" else None,
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote {out} and {kl_plot}")
 
 
-def generative_metrics(args, model, cfg, checkpoint: Path, split, train, train_mu) -> dict:
+def sample_fid(args, model, cfg, checkpoint: Path, split, train, train_mu) -> dict:
     """FID/KID at --fid-samples (or the device's default), also against train images with --fid-train."""
     device: torch.device = model.device
     n, why = (args.fid_samples, "--fid-samples") if args.fid_samples else default_sample_count(device)

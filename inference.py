@@ -214,10 +214,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                           args.temperature), out_dir)
         written.append(path)
         split = None if photos is not None else images_of(cfg, args.split, optional=shipped is not None)
-        if split is not None:
+        if photos is not None:
+            morphed = photos.inputs
+        elif split is not None:
             morphed = morph_images(split, args.pairs, args.split)  # checks the split has two images first
             written.append(write_reconstructions(model, split, out_dir))
-        morphed = photos.inputs if photos is not None else morphed if split is not None else samples[:2 * args.pairs]
+        else:  # a pretrained model without images: generated faces
+            morphed = samples[:2 * args.pairs]
         written += write_morphs(model, morphed, args.steps, out_dir)
         sources, source = edit_sources(args, samples, photos, split)
         if args.edit:

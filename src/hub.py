@@ -14,6 +14,7 @@ import torch
 
 from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, Edit, edited
 from src.faces import model_input, open_photo, trained_on_aligned_faces
+from src.images import to_float
 from src.latent import decode, latent_codes, posterior_means
 from src.pretrained import Pretrained, load_pretrained
 
@@ -52,7 +53,7 @@ class FaceModel:
         as the model's training images were), else its centre."""
         align = trained_on_aligned_faces(self.cfg.data) if align is None else align
         array, _ = model_input(open_photo(path), str(path), self.cfg.data.image_size, self.cfg.data.center_crop, align)
-        return torch.from_numpy(array.copy()).float()[None] / 255
+        return to_float(array[None])
 
     def edit(self, images: torch.Tensor, attribute: str, add: bool = True, target: float = DEFAULT_TARGET,
              method: str = DEFAULT_METHOD, keep: tuple[str, ...] = ()) -> torch.Tensor:

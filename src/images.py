@@ -35,6 +35,11 @@ def preprocess(img: Image.Image, image_size: int, center_crop: int) -> np.ndarra
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
+def to_float(array: np.ndarray) -> torch.Tensor:
+    """uint8 images (..., 3, S, S) as a float tensor in [0, 1] (a copy: memory maps are read-only)."""
+    return torch.from_numpy(np.array(array)).float() / 255
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[0, 1] images -> uint8, rounded as a saved PNG would be (FID compares them with real uint8 images)."""
     return x.mul(255).round_().clamp_(0, 255).to(torch.uint8)

@@ -87,7 +87,7 @@ def is_pretrained(path: Path) -> bool:
 
 @functools.lru_cache(maxsize=2)
 def _cached_load(path: Path, digest: str) -> Pretrained:
-    return load_pretrained(path)
+    return load_pretrained(path, digest)
 
 
 def shipped_parts(path: Path) -> Pretrained | None:
@@ -96,12 +96,13 @@ def shipped_parts(path: Path) -> Pretrained | None:
     return _cached_load(path.resolve(), file_digest(path)) if is_pretrained(path) else None
 
 
-def load_pretrained(path: str | Path) -> Pretrained:
-    """The pretrained file at `path`, checked against its recorded SHA-256 before it is read."""
+def load_pretrained(path: str | Path, digest: str | None = None) -> Pretrained:
+    """The pretrained file at `path`, checked against its recorded SHA-256 before it is read (`digest`:
+    the file's, when the caller has just computed it)."""
     path = Path(path)
     if not path.is_file():
         raise PretrainedError(f"pretrained model '{path}' not found")
-    expected, digest = recorded_digest(path), file_digest(path)
+    expected, digest = recorded_digest(path), digest or file_digest(path)
     if expected is None:
         raise PretrainedError(f"'{path}' has no SHA-256 in {path.parent / SUMS}; export it again "
                               "(python -m tools.export_model) or use a file recorded there")

@@ -22,6 +22,7 @@ from src.errors import DataError
 from src.faces import Face, describe, model_input, open_photo, small_face_warning
 from src.figures import labelled_grid, save_image_grid, sweep_gif
 from src.files import atomic_json
+from src.images import to_float
 from src.judge import accuracy, trained_judge
 from src.latent import TRAVERSE_RANGE, decode, dims_by_kl, encode, morph_rows, posterior_means, traversal_codes
 
@@ -39,7 +40,7 @@ def evenly_spaced(n_available: int, k: int) -> np.ndarray:
 
 def split_images(split: ImageSplit, k: int) -> torch.Tensor:
     """k evenly spaced images of a split as floats in [0, 1] on the CPU."""
-    return torch.from_numpy(np.array(split.images[evenly_spaced(len(split), k)])).float() / 255
+    return to_float(split.images[evenly_spaced(len(split), k)])
 
 
 def write_samples(model, codes: torch.Tensor, out_dir: Path) -> tuple[torch.Tensor, Path]:
@@ -115,7 +116,7 @@ def read_photos(paths: Sequence[str], cfg: Config, align: bool, out_dir: Path) -
         name = stem if stem not in used else f"{stem}-{len(inputs)}"
         used.add(name)
         Image.fromarray(array.transpose(1, 2, 0)).save(aligned_dir / f"{name}.png")
-        inputs.append(torch.from_numpy(array.copy()).float() / 255)
+        inputs.append(to_float(array))
     print(f"wrote the model's inputs to {aligned_dir}/ ({'aligned like CelebA' if align else 'not aligned'})")
     return Photos(torch.stack(inputs), photos)
 

@@ -20,7 +20,7 @@ from src.dataset import load_split
 from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, METHODS, LatentAttributes, latent_attributes, slider_codes
 from src.errors import UserError
 from src.faces import PHOTO_FORMATS, describe, model_input, open_photo, small_face_warning
-from src.images import to_uint8
+from src.images import to_float, to_uint8
 from src.latent import (
     SAMPLERS,
     TRAVERSE_RANGE,
@@ -161,7 +161,7 @@ class Studio:
         size, crop = self.cfg.data.image_size, self.cfg.data.center_crop
         with self.photo_lock:
             array, face = model_input(open_photo(data, name, PHOTO_FORMATS), name, size, crop, self.align)
-        x = torch.from_numpy(array.copy()).float()[None] / 255
+        x = to_float(array[None])
         with self.model_lock, torch.inference_mode():
             code = posterior_means(self.model, x)[0].double().numpy()
             reconstruction = decode(self.model, torch.from_numpy(code[None]).float())[0]
