@@ -6,6 +6,7 @@ collapse, and FID and KID of samples from the prior and from a Gaussian mixture 
     python evaluate.py data.root=/data/celeba   # other data, same model
     python evaluate.py --fid-samples 10000      # the standard count (the default on CUDA; 400 on a CPU)
     python evaluate.py --fid-train              # also FID/KID against N train images, and the real-data floor
+    python evaluate.py --fid-samples 10000 --fid-train --fid-samplers gmm   # the paper count, one sampler
     python evaluate.py --no-fid                 # skip the Inception part (quick)
 
 Prints tables and writes results/metrics.json and results/kl_per_dim.png. FID and KID compare N images
@@ -49,6 +50,8 @@ def parse_args(argv: Sequence[str] | None):
                              "(default: 10000 on CUDA, 400 on a CPU, 2000 on MPS)")
     parser.add_argument("--fid-train", action=argparse.BooleanOptionalAction, default=None,
                         help="also compare with N train images and report the real-data floor (default: on CUDA)")
+    parser.add_argument("--fid-samplers", nargs="+", choices=("prior", "gmm"), default=["prior", "gmm"],
+                        help="whose samples FID/KID scores (default both; one halves the sampling at large N)")
     parser.add_argument("--no-fid", action="store_true", help="skip FID and KID (no Inception network)")
     args = parser.parse_args(argv)
     if args.fid_samples is not None and args.fid_samples < 2:
@@ -100,7 +103,9 @@ def sample_fid(args, model, cfg, checkpoint: Path, split, train, train_mu) -> di
     with_train = args.fid_train if args.fid_train is not None else device.type == "cuda"
     print(f"FID/KID: {n} samples per sampler on {device.type} ({why}) against {min(n, len(split))} {args.split} "
           "images" + ("" if with_train else "; add --fid-train to compare with train images too"))
-    return fid_and_kid(model, cfg, checkpoint, args.split, split, train, train_mu, n, with_train, args.seed)
+    samplers = list(dict.fromkeys(args.fid_samplers))  # in the order given, each once
+    return fid_and_kid(model, cfg, checkpoint, args.split, split, train, train_mu, n, with_train, args.seed,
+                       samplers)
 
 
 if __name__ == "__main__":

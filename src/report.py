@@ -2,6 +2,7 @@
 samplers, and the printed tables of every metric."""
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -105,11 +106,13 @@ def format_disentanglement(d: dict) -> str:
 
 
 def fid_and_kid(model: ConvVAE, cfg: Config, checkpoint: Path, split_name: str, split: ImageSplit,
-                train: ImageSplit, train_mu: np.ndarray, n: int, with_train: bool, seed: int) -> dict:
-    """FID/KID of prior and GMM samples, n each with the same seed, against the split (and train)."""
+                train: ImageSplit, train_mu: np.ndarray, n: int, with_train: bool, seed: int,
+                samplers: Sequence[str] = ("prior", "gmm")) -> dict:
+    """FID/KID of each sampler's samples ("prior", "gmm"), n each with the same seed, against the split
+    (and train)."""
     gmm = training_gmm(model, checkpoint, train.images, train.data_id, cfg.data.cache_dir, cfg.train.batch_size,
-                       model.device, codes=train_mu)
-    codes = {sampler: latent_codes(sampler, n, model.latent_dim, seed, gmm) for sampler in ("prior", "gmm")}
+                       model.device, codes=train_mu) if "gmm" in samplers else None
+    codes = {sampler: latent_codes(sampler, n, model.latent_dim, seed, gmm) for sampler in samplers}
     references = {split_name: split.images}
     if with_train and split_name != "train":
         references["train"] = train.images

@@ -157,6 +157,14 @@ def test_evaluate_writes_fid_kid_ssim_collapse_and_caches_references(trained, tm
     assert run(trained, tmp_path, "--fid-samples", "10", "--fid-train") == first
 
 
+def test_fid_samplers_scores_only_the_chosen_sampler_with_the_same_codes(trained, tmp_path):
+    both = run(trained, tmp_path, "--fid-samples", "8")["generative"]
+    gmm = run(trained, tmp_path, "--fid-samples", "8", "--fid-samplers", "gmm")["generative"]
+    assert gmm["samplers"] == ["gmm"] and not any(key.startswith("prior") for key in gmm)
+    assert gmm["gmm_vs_test"]["fid"] == pytest.approx(both["gmm_vs_test"]["fid"], rel=1e-6)
+    assert gmm["recon_vs_test"] == both["recon_vs_test"]
+
+
 def test_posterior_stats_give_ms_ssim_at_64_px():
     assert metrics.ms_ssim_min_size() <= 64 and sum(metrics.MS_SSIM_BETAS) == pytest.approx(1)
     model = ConvVAE(latent_dim=4, hidden_dims=[8, 16], image_size=64)
