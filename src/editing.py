@@ -120,7 +120,9 @@ def latent_attributes(model, checkpoint: str | Path, train: ImageSplit, fit_rows
         mu, _ = encode(model, train.images, batch_size, device, desc="encoding train for attribute directions")
         codes, fit_labels = mu[fit_rows].astype(np.float64), labels[fit_rows]
         mean, counts = mean_difference(codes, fit_labels)
-        print(f"fitting {len(names)} latent attribute classifiers on {len(codes)} training codes ...")
+        labelled = int((~np.isnan(fit_labels).all(axis=1)).sum())
+        print(f"fitting {len(names)} latent attribute classifiers on the codes of {labelled} labelled training "
+              "images ...")
         weights, biases = fit_classifiers(codes, fit_labels)
         return {"mean": mean, "counts": counts, "weights": weights, "biases": biases}
 

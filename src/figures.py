@@ -10,12 +10,21 @@ from src.images import to_uint8
 
 
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 2) -> Path:
-    """Save a batch of [0, 1] images (N, 3, H, W) as one PNG grid."""
-    import torchvision.utils  # here, not at the top: importing torchvision costs a second (the editor starts faster)
+    """Save a batch of [0, 1] images (N, 3, H, W) as one PNG grid, nrow images per row, white between
+    them: torchvision's save_image(pad_value=1) without importing torchvision (2.5 s on 2 cores, more
+    than a photo edit takes)."""
+    images = to_uint8(images.detach().float().cpu().clamp(0, 1))
+    n, channels, h, w = images.shape
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    grid = torch.full((channels, rows * (h + padding) + padding, cols * (w + padding) + padding), 255,
+                      dtype=torch.uint8)
+    for i, image in enumerate(images):
+        top, left = (i // cols) * (h + padding) + padding, (i % cols) * (w + padding) + padding
+        grid[:, top:top + h, left:left + w] = image
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torchvision.utils.save_image(images.detach().float().cpu().clamp(0, 1), path, nrow=nrow,
-                                 padding=padding, pad_value=1.0)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
     return path
 
 

@@ -8,7 +8,7 @@ pretrained/SHA256SUMS and checked before it is read. tools/export_model.py write
 """
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ PRETRAINED_FORMAT = "conv-vae-pretrained/1"
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 SUMS = "SHA256SUMS"          # sha256sum's format: "<hex digest>  <file name>" per line
 SHIPPED = PRETRAINED_DIR / "celeba64.pt"   # the model that ships with the repo (docs/model-card.md)
+RESULTS_DIR = "results/pretrained"         # where scripts write what they make with a pretrained model
 ATTRIBUTE_ARRAYS = ("mean", "counts", "weights", "biases")
 
 
@@ -43,12 +44,24 @@ class Pretrained:
     path: Path
 
 
+def portable(cfg: Config) -> Config:
+    """The config as it ships: how the model was trained, without where its data, caches and outputs
+    lived on the exporting machine or how many threads it ran (they become the defaults, and the
+    results go to RESULTS_DIR)."""
+    default = Config()
+    data = replace(cfg.data, root=default.data.root, cache_dir=default.data.cache_dir,
+                   num_workers=default.data.num_workers)
+    train = replace(cfg.train, threads=default.train.threads, device=default.train.device)
+    return replace(cfg, data=data, train=train, paths=replace(default.paths, results_dir=RESULTS_DIR))
+
+
 def pack(model: ConvVAE, cfg: Config, gmm: dict[str, np.ndarray], attrs: LatentAttributes,
          dims: list[tuple[int, float]], info: dict) -> dict:
-    """The file's contents: float tensors of the weights in float16, the rest as tensors and plain values."""
+    """The file's contents: float tensors of the weights in float16, the config made portable, the
+    rest as tensors and plain values."""
     weights = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
                for k, v in model.state_dict().items()}
-    return {"format": PRETRAINED_FORMAT, "config": cfg.to_dict(), "weights": weights,
+    return {"format": PRETRAINED_FORMAT, "config": portable(cfg).to_dict(), "weights": weights,
             "gmm": {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in gmm.items()},  # Cholesky needs it
             "attributes": {"names": list(attrs.names),
                            **{k: torch.from_numpy(np.asarray(getattr(attrs, k))) for k in ATTRIBUTE_ARRAYS}},

@@ -170,3 +170,15 @@ def test_morphs_interpolate_on_the_cpu_for_devices_without_float64(trained):
         lerp, slerp = morph_rows(OnMPS(model.eval()), a, b, steps=5)
         expected = morph_rows(model, a, b, steps=5)
     assert torch.equal(lerp, expected[0]) and torch.equal(slerp, expected[1])
+
+
+@pytest.mark.parametrize("n", [5, 8, 11])
+def test_image_grids_match_torchvisions_save_image(tmp_path, n):
+    import torchvision.utils
+
+    from src.figures import save_image_grid
+    images = torch.rand(n, 3, 6, 7, generator=torch.Generator().manual_seed(n))
+    ours = np.asarray(Image.open(save_image_grid(images, tmp_path / "ours.png", nrow=4)), dtype=int)
+    torchvision.utils.save_image(images, tmp_path / "tv.png", nrow=4, padding=2, pad_value=1.0)
+    theirs = np.asarray(Image.open(tmp_path / "tv.png"), dtype=int)
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1  # rounding of exact halves

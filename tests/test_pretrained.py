@@ -9,9 +9,10 @@ import torch
 
 from src import dataset
 from src.checkpoint import load_trained
+from src.config import Config
 from src.editing import Edit, edited
 from src.latent import latent_codes
-from src.pretrained import PRETRAINED_FORMAT, SUMS, PretrainedError, load_pretrained, recorded_digest
+from src.pretrained import PRETRAINED_FORMAT, RESULTS_DIR, SUMS, PretrainedError, load_pretrained, recorded_digest
 from src.studio import fit
 from tools import export_model
 
@@ -29,6 +30,18 @@ def test_the_file_loads_with_weights_only_and_matches_its_recorded_sha256(export
     assert all(v.dtype in (torch.float16, torch.int64) for v in contents["weights"].values())
     assert recorded_digest(exported) == hashlib.sha256(exported.read_bytes()).hexdigest()
     assert (exported.parent / SUMS).read_text().endswith(f"  {exported.name}\n")
+
+
+def test_the_file_keeps_how_the_model_was_trained_but_not_where_its_files_were(trained, tmp_path):
+    out = tmp_path / "portable.pt"
+    export_model.main(["--checkpoint", str(trained["checkpoint"]), "--out", str(out), "train.threads=1",
+                       f"paths.results_dir={tmp_path / 'mine'}", f"data.cache_dir={tmp_path / 'cache'}"])
+    shipped, default = load_pretrained(out).cfg, Config()
+    _, cfg, _, _ = load_trained(str(trained["checkpoint"]))
+    assert (shipped.model, shipped.train.beta, shipped.train.epochs) == (cfg.model, cfg.train.beta, cfg.train.epochs)
+    assert shipped.data.image_size == cfg.data.image_size and shipped.data.dataset == cfg.data.dataset
+    assert (shipped.data.root, shipped.data.cache_dir) == (default.data.root, default.data.cache_dir)
+    assert shipped.train.threads == "auto" and shipped.paths.results_dir == RESULTS_DIR
 
 
 def test_it_draws_and_edits_what_the_checkpoint_does(trained, exported):
