@@ -60,3 +60,18 @@ def test_a_sweep_needs_disentanglement_metrics(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(plot_metrics.main, ["--sweep", str(tmp_path)])
     assert "has no MIG/DCI/SAP" in capsys.readouterr().err
+
+
+def test_several_histories_are_compared_in_one_figure_labelled_by_run(trained, tmp_path, capsys):
+    history = json.loads((trained["dir"] / "results" / "history.json").read_text())
+    paths = []
+    for run, scale in (("run_a", 1.0), ("run_b", 0.5)):
+        (tmp_path / run / "results").mkdir(parents=True)
+        paths.append(tmp_path / run / "results" / "history.json")
+        paths[-1].write_text(json.dumps([{**h, "lr": h["lr"] * scale} for h in history]))
+    plot_metrics.main(["--history", *map(str, paths)])
+    assert "compared 2 runs (run_a, run_b)" in capsys.readouterr().out
+    assert Image.open(tmp_path / "run_a" / "results" / "runs.png").size[0] > 1000
+    with pytest.raises(SystemExit):
+        run_cli(plot_metrics.main, ["--history", str(paths[0]), str(paths[0])])
+    assert "share folder names" in capsys.readouterr().err
