@@ -162,3 +162,18 @@ def test_the_hub_entry_loads_from_a_local_directory_and_samples_encodes_and_edit
     added = model.edit(x, name, target=0.99)
     codes = model.encode(added).double().numpy()
     assert added.shape == x.shape and model.pretrained.attrs.logits(name, codes)[0] > 0  # now reads as having it
+
+
+def test_the_shipped_model_loads_with_weights_only_matches_its_sha256_and_edits_without_data():
+    from pathlib import Path
+
+    from src.pretrained import SHIPPED
+    contents = torch.load(SHIPPED, weights_only=True)
+    assert contents["format"] == PRETRAINED_FORMAT and SHIPPED.stat().st_size <= 12 * 2**20
+    assert recorded_digest(SHIPPED) == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    model = torch.hub.load(str(Path(__file__).resolve().parent.parent), "celeba64", source="local")
+    faces = model.sample(2, seed=0)
+    assert faces.shape == (2, 3, 64, 64)
+    smiling = model.edit(faces, "Smiling", target=0.99)
+    logits = model.pretrained.attrs.logits("Smiling", model.encode(smiling).double().numpy())
+    assert (logits > 0).all()  # the edited faces read as smiling to the shipped classifier

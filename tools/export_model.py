@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(args.out)
     digest = save_pretrained(pack(model.cpu(), cfg, fitted.gmm, fitted.attrs, fitted.dims, info), out)
     load_pretrained(out)  # what was written reads back, checked
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MB, SHA-256 {digest}) from {checkpoint} "
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB, SHA-256 {digest}) from {checkpoint} "
           f"(epoch {state.get('epoch')}); recorded in {out.parent / 'SHA256SUMS'}")
 
 
