@@ -56,13 +56,12 @@ def plot_runs(histories: dict[str, list[dict]], out: Path) -> Path:
     """Several runs' validation loss and learning rate per epoch on shared axes, labelled by run."""
     fig = Figure(figsize=(11, 4.5), constrained_layout=True)
     loss_ax, lr_ax = fig.subplots(1, 2)
+    bpd = all("val_bpd" in history[0] for history in histories.values())  # one unit on the shared axis
     for label, history in histories.items():
         epochs = [h["epoch"] for h in history]
-        key = "val_bpd" if "val_bpd" in history[0] else "val_total"   # bits/dim for a calibrated decoder
-        loss_ax.plot(epochs, [h[key] for h in history], ".-", label=label)
+        loss_ax.plot(epochs, [h["val_bpd" if bpd else "val_total"] for h in history], ".-", label=label)
         lr_ax.plot(epochs, [h["lr"] for h in history], "-", label=label)
-    unit = "bits/dim" if all("val_bpd" in h[0] for h in histories.values()) else "val total loss"
-    loss_ax.set(title=f"validation −ELBO ({unit})", xlabel="epoch")
+    loss_ax.set(title=f"validation −ELBO ({'bits/dim' if bpd else 'total loss'})", xlabel="epoch")
     lr_ax.set(title="learning rate", xlabel="epoch", yscale="log")
     for ax in (loss_ax, lr_ax):
         ax.legend()
