@@ -17,7 +17,7 @@ from pathlib import Path
 
 from src.errors import ConfigError
 from src.files import read_json
-from src.model import UPSAMPLES
+from src.model import CONDITIONINGS, UPSAMPLES
 
 # The default config lives in the repo, so scripts find it from any working directory.
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.json"
@@ -51,6 +51,9 @@ class ModelConfig:
     upsample: str = "transpose"          # decoder upsampling: transpose (the baseline's) | nearest | bilinear (+ 3x3 conv)
     decoder_dims: list[int] = field(default_factory=list)  # decoder widths from the bottleneck up; [] = mirror
     res_blocks: int = 0                  # residual blocks after each decoder upsampling stage
+    conditional: list[str] = field(default_factory=list)  # labels the decoder is given (a conditional VAE); [] = none
+    condition: str = "both"              # where they enter the decoder: input (with z) | film (every stage) | both
+    condition_encoder: bool = False      # the encoder sees them too: q(z | x, y)
 
 
 @dataclass
@@ -176,6 +179,8 @@ def check_values(cfg: Config) -> None:
         (not m.decoder_dims or (len(m.decoder_dims) == len(m.hidden_dims) and min(m.decoder_dims) >= 1),
          "model.decoder_dims", "[] (the encoder's widths, mirrored) or one positive width per model.hidden_dims entry"),
         (m.res_blocks >= 0, "model.res_blocks", "0 or more"),
+        (len(set(m.conditional)) == len(m.conditional), "model.conditional", "a list of distinct attribute names"),
+        (m.condition in CONDITIONINGS, "model.condition", f"one of {', '.join(CONDITIONINGS)}"),
         (t.epochs >= 1, "train.epochs", "at least 1"),
         (t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"one of {', '.join(LR_SCHEDULES)}"),
         (t.warmup_steps >= 0, "train.warmup_steps", "0 or more"),

@@ -8,6 +8,11 @@ Options (all off by default, which is the baseline's model): the decoder may ups
 bilinear interpolation followed by a 3x3 convolution instead of the transposed convolution (which
 tends to draw checkerboard patterns, Odena et al. 2016), have widths of its own (`decoder_dims`),
 and add residual blocks after each upsampling stage (`res_blocks`).
+
+Conditional (`conditions` > 0 labels y in [0, 1], a conditional VAE: p(x | z, y)): y enters the
+decoder concatenated to z ("input"), as a per-channel scale and shift of every decoder stage
+("film"), or both; with `condition_encoder` the encoder's heads see y too, q(z | x, y). Without
+conditions the model, its parameters and its outputs are the unconditional model's, bit for bit.
 """
 
 import math
@@ -17,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 UPSAMPLES = ("transpose", "nearest", "bilinear")
+CONDITIONINGS = ("input", "film", "both")   # where the labels enter the decoder
 
 
 def _block(conv: nn.Module, channels: int, batch_norm: bool) -> nn.Sequential:
@@ -45,13 +51,31 @@ class ResBlock(nn.Module):
         return self.act(x + self.body(x))
 
 
+class FiLM(nn.Module):
+    """A per-channel scale and shift of a feature map computed from the labels (Perez et al. 2018):
+    h * (1 + gamma(y)) + beta(y). Starts as the identity, so y begins by changing nothing."""
+
+    def __init__(self, conditions: int, channels: int):
+        super().__init__()
+        self.linear = nn.Linear(conditions, 2 * channels)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.linear(y).to(h.dtype)[:, :, None, None].chunk(2, dim=1)
+        return h * (1 + gamma) + beta
+
+
 class ConvVAE(nn.Module):
     def __init__(self, latent_dim: int = 128, hidden_dims: list[int] | None = None,
                  image_size: int = 64, in_channels: int = 3, batch_norm: bool = True,
-                 upsample: str = "transpose", decoder_dims: list[int] | None = None, res_blocks: int = 0):
+                 upsample: str = "transpose", decoder_dims: list[int] | None = None, res_blocks: int = 0,
+                 conditions: int = 0, condition: str = "both", condition_encoder: bool = False):
         super().__init__()
         hidden_dims = list(hidden_dims or [32, 64, 128, 256, 512])
-        self.latent_dim = latent_dim
+        self.latent_dim, self.conditions = latent_dim, conditions
+        self.condition_input = conditions > 0 and condition in ("input", "both")
+        self.condition_encoder = conditions > 0 and condition_encoder
         self.bottleneck = image_size // 2 ** len(hidden_dims)
         assert self.bottleneck >= 1 and self.bottleneck * 2 ** len(hidden_dims) == image_size, \
             f"image_size {image_size} must be a multiple of 2**{len(hidden_dims)}"
@@ -61,52 +85,77 @@ class ConvVAE(nn.Module):
             encoder.append(_block(nn.Conv2d(channels, h, 3, stride=2, padding=1), h, batch_norm))
             channels = h
         self.encoder = nn.Sequential(*encoder, nn.Flatten())
-        flat = hidden_dims[-1] * self.bottleneck ** 2
+        flat = hidden_dims[-1] * self.bottleneck ** 2 + (conditions if self.condition_encoder else 0)
         self.fc_mu = nn.Linear(flat, latent_dim)
         self.fc_logvar = nn.Linear(flat, latent_dim)
 
         # The decoder's widths, from the bottleneck up: the encoder's mirrored, or its own.
         widths = list(decoder_dims) if decoder_dims else hidden_dims[::-1]
         assert len(widths) == len(hidden_dims), "decoder_dims needs one width per encoder stage"
-        self.decoder_input = nn.Linear(latent_dim, widths[0] * self.bottleneck ** 2)
-        decoder = []
+        self.decoder_input = nn.Linear(latent_dim + (conditions if self.condition_input else 0),
+                                       widths[0] * self.bottleneck ** 2)
+        decoder, stage_ends = [], []
         # Each upsampling doubles the size; the last one keeps its channels and a plain
         # conv then maps them to RGB, so the final upsampling has room to shape details.
         for c_in, c_out in zip(widths, widths[1:] + widths[-1:]):
             decoder.append(_block(_upsample(c_in, c_out, upsample), c_out, batch_norm))
             decoder += [ResBlock(c_out, batch_norm) for _ in range(res_blocks)]
+            stage_ends.append(len(decoder) - 1)
         self.decoder = nn.Sequential(*decoder, nn.Conv2d(widths[-1], in_channels, 3, padding=1), nn.Sigmoid())
         self._unflatten = nn.Unflatten(1, (widths[0], self.bottleneck, self.bottleneck))
+        if conditions > 0 and condition in ("film", "both"):  # after each stage: index in decoder -> FiLM
+            self.films = nn.ModuleDict({str(i): FiLM(conditions, channels)
+                                        for i, channels in zip(stage_ends, widths[1:] + widths[-1:])})
 
     @property
     def device(self) -> torch.device:
         """Where the weights are (and so where inputs must go)."""
         return self.fc_mu.weight.device
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)
+        if self.condition_encoder:
+            h = torch.cat([h, self._labels(y, h)], dim=1)
         return self.fc_mu(h), self.fc_logvar(h)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self._unflatten(self.decoder_input(z)))
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.conditions:
+            return self.decoder(self._unflatten(self.decoder_input(z)))
+        y = self._labels(y, z)
+        h = self._unflatten(self.decoder_input(torch.cat([z, y], dim=1) if self.condition_input else z))
+        films = getattr(self, "films", {})
+        for i, module in enumerate(self.decoder):
+            h = module(h)
+            if str(i) in films:
+                h = films[str(i)](h, y)
+        return h
+
+    def _labels(self, y: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        if y is None or y.shape != (like.shape[0], self.conditions):
+            got = None if y is None else tuple(y.shape)
+            raise ValueError(f"this conditional model needs labels y of shape ({like.shape[0]}, {self.conditions}), "
+                             f"got {got}")
+        return y.to(like.dtype)
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mu, logvar)), mu, logvar
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x, y)
+        return self.decode(self.reparameterize(mu, logvar), y), mu, logvar
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n images decoded from z ~ N(0, temperature^2 I).
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+               y: torch.Tensor | None = None) -> torch.Tensor:
+        """n images decoded from z ~ N(0, temperature^2 I) (and, for a conditional model, labels y).
 
         z is drawn on the CPU (with `generator`, a CPU generator, if given), so a seed gives the
         same faces on every device.
         """
         z = torch.randn(n, self.latent_dim, generator=generator) * temperature
-        return self.decode(z.to(self.device))
+        return self.decode(z.to(self.device), None if y is None else y.to(self.device))
 
 
 SIGMA_MIN = 0.0025  # soft floor on the calibrated sigma of [0, 1] pixels (sigma-VAE's is exp(-6) = 0.00248)
@@ -166,4 +215,6 @@ def build_model(model_cfg, image_size: int) -> ConvVAE:
     """The model a config describes (train.py and every script that loads a checkpoint)."""
     return ConvVAE(latent_dim=model_cfg.latent_dim, hidden_dims=model_cfg.hidden_dims,
                    image_size=image_size, batch_norm=model_cfg.batch_norm, upsample=model_cfg.upsample,
-                   decoder_dims=model_cfg.decoder_dims, res_blocks=model_cfg.res_blocks)
+                   decoder_dims=model_cfg.decoder_dims, res_blocks=model_cfg.res_blocks,
+                   conditions=len(model_cfg.conditional), condition=model_cfg.condition,
+                   condition_encoder=model_cfg.condition_encoder)

@@ -173,3 +173,40 @@ def test_learning_rate_schedules():
     assert cosine[15] == pytest.approx(0.5) and cosine[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 29 / 30)))
     warm, _ = lrs(warmup_steps=4)
     assert warm[:5] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0]) and warm[10] == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize("condition, encoder", [("input", False), ("film", False), ("both", True)])
+def test_a_conditional_model_takes_labels_where_it_is_told(condition, encoder):
+    model = ConvVAE(latent_dim=6, hidden_dims=[8, 16], image_size=16, conditions=3, condition=condition,
+                    condition_encoder=encoder).eval()
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([[0., 1., 0.]] * 4)
+    x_hat, mu, _ = model(x, y)
+    assert x_hat.shape == x.shape and mu.shape == (4, 6)
+    assert model.decoder_input.in_features == 6 + (3 if condition in ("input", "both") else 0)
+    assert model.fc_mu.in_features == 16 * 4 * 4 + (3 if encoder else 0)
+    assert len(getattr(model, "films", {})) == (2 if condition in ("film", "both") else 0)
+    for film in getattr(model, "films", {}).values():  # FiLM starts as the identity
+        torch.nn.init.normal_(film.linear.weight)
+    z = torch.randn(4, 6)
+    with torch.no_grad():
+        changed = model.decode(z, torch.tensor([[1., 1., 0.]] * 4)) - model.decode(z, y)
+    assert changed.abs().amax(dim=(1, 2, 3)).min() > 0  # the labels reach every image
+    with pytest.raises(ValueError, match=r"labels y of shape \(4, 3\), got None"):
+        model.decode(z)
+
+
+def test_film_starts_as_the_identity_and_conditions_add_no_parameters_when_empty():
+    from src.model import FiLM
+    h = torch.randn(2, 5, 3, 3)
+    assert torch.equal(FiLM(4, 5)(h, torch.rand(2, 4)), h)
+    plain, empty = ConvVAE(latent_dim=6, hidden_dims=[8, 16], image_size=16), \
+        ConvVAE(latent_dim=6, hidden_dims=[8, 16], image_size=16, conditions=0, condition="both", condition_encoder=True)
+    assert list(plain.state_dict()) == list(empty.state_dict())
+
+
+def test_build_model_reads_the_conditional_keys():
+    from src.config import ModelConfig
+    from src.model import build_model
+    model = build_model(ModelConfig(latent_dim=4, hidden_dims=[8, 16], conditional=["glasses", "hat"], condition="film"),
+                        16)
+    assert model.conditions == 2 and not model.condition_input and len(model.films) == 2
