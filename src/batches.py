@@ -25,8 +25,9 @@ class Batches:
 
     def __init__(self, images: np.ndarray, batch_size: int, device: torch.device, shuffle: bool = False,
                  seed: int = 0, rank: int = 0, world_size: int = 1, hflip: bool = False,
-                 channels_last: bool = False):
+                 channels_last: bool = False, labels: np.ndarray | None = None):
         self.images, self.batch_size, self.device = images, batch_size, device
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.float32)  # (N, K): a CVAE's y
         self.shuffle, self.seed, self.rank, self.world_size, self.hflip = shuffle, seed, rank, world_size, hflip
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.on_device = None
@@ -54,8 +55,9 @@ class Batches:
     def __len__(self) -> int:
         return math.ceil(self._per_rank() / self.batch_size)
 
-    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[torch.Tensor]:
-        """The batches of one epoch, from step `start_step` on (to resume mid-epoch)."""
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of one epoch, from step `start_step` on (to resume mid-epoch): images x, or (x, y)
+        pairs when the batches carry labels."""
         order = self._order(epoch)
         if self.on_device is not None:
             order = order.to(self.device)
@@ -64,13 +66,15 @@ class Batches:
             if self.on_device is not None:
                 x = self.on_device.index_select(0, index)
             else:  # sorted reads are faster on a memory map; the order within a batch does not matter
-                x = torch.from_numpy(self.images[np.sort(index.numpy())])
+                index = index.sort().values
+                x = torch.from_numpy(self.images[index.numpy()])
                 x = to_device(x.pin_memory() if self.device.type == "cuda" else x, self.device)
             x = x.float().div_(255)
             if self.hflip:
                 flip = torch.rand(len(x), device=x.device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
-            yield x.contiguous(memory_format=self.memory_format)
+            x = x.contiguous(memory_format=self.memory_format)
+            yield x if self.labels is None else (x, to_device(self.labels[index.cpu()], self.device))
 
 
 def iterate_batches(images: np.ndarray, batch_size: int, device: torch.device,

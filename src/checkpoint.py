@@ -15,7 +15,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from src import pretrained
-from src.config import Config, config_from_dict, load_config
+from src.config import ALL_LABELS, Config, config_from_dict, load_config
 from src.device import pick_device
 from src.errors import CheckpointError, CheckpointNotFound, ConfigError
 from src.files import atomic_write
@@ -139,6 +139,8 @@ def load_trained(checkpoint: str | Path | None, config: str | Path | None = None
         state = load_checkpoint(path)
         model, trained = model_from_checkpoint(state, path)
     cfg = load_config(config, overrides, base=trained)
+    if cfg.model.conditional == [ALL_LABELS]:  # the names it was trained with
+        cfg.model.conditional = list(trained.model.conditional)
     if cfg.model != trained.model or cfg.data.image_size != trained.data.image_size:
         raise ConfigError(f"model.* and data.image_size are fixed by the checkpoint {path}; "
                           "drop those overrides or use another checkpoint")

@@ -25,6 +25,7 @@ DATASETS = ("celeba", "folder", "synthetic")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 RECON_LOSSES = ("mse_sum", "gaussian")
 LR_SCHEDULES = ("exponential", "cosine")
+ALL_LABELS = "all"   # model.conditional=["all"]: every label of the training data (saved as their names)
 
 
 @dataclass
@@ -181,6 +182,9 @@ def check_values(cfg: Config) -> None:
         (m.res_blocks >= 0, "model.res_blocks", "0 or more"),
         (len(set(m.conditional)) == len(m.conditional), "model.conditional", "a list of distinct attribute names"),
         (m.condition in CONDITIONINGS, "model.condition", f"one of {', '.join(CONDITIONINGS)}"),
+        (not m.conditional or d.dataset != "folder", "model.conditional",
+         "[] for data.dataset=folder (a plain folder has no labels to condition on; use CelebA with "
+         "list_attr_celeba.txt or the synthetic faces)"),
         (t.epochs >= 1, "train.epochs", "at least 1"),
         (t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"one of {', '.join(LR_SCHEDULES)}"),
         (t.warmup_steps >= 0, "train.warmup_steps", "0 or more"),

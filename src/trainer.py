@@ -13,7 +13,7 @@ run before anything is saved.
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from src.batches import Batches
 from src.checkpoint import load_checkpoint, save_checkpoint
-from src.config import Config
+from src.conditioning import condition_names, labelled_sets
+from src.config import ALL_LABELS, Config
 from src.dataset import ImageSplit, load_split
 from src.device import choose_bf16
 from src.distributed import all_reduce, local_rank_zero_first, setup_distributed
@@ -67,6 +68,8 @@ class Run:
     history: list = field(default_factory=list)
     best_val: float = math.inf
     sample_z: torch.Tensor | None = None  # the codes of the sample grid drawn after every epoch
+    sample_y: torch.Tensor | None = None  # and a conditional model's labels for it (the first training images')
+    conditioning: str = ""               # a conditional model: its labels and images, in words
 
     @property
     def master(self) -> bool:
@@ -90,17 +93,30 @@ def start_run(cfg: Config, resume: bool = False) -> Run:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     saved = load_checkpoint(last_path) if resume else None  # on the CPU; fail before any data work
-    if saved:
+    if saved and cfg.model.conditional != [ALL_LABELS]:
         check_resumable(saved, cfg, world_size, last_path)
     with local_rank_zero_first(local_rank):
         train_set, val_set = load_split(cfg, "train"), load_split(cfg, "val")
+    train_y, val_y, conditioning = None, None, ""
+    if cfg.model.conditional:  # a conditional VAE: its labelled images, the names saved with the model
+        cfg.model.conditional = condition_names(cfg.model.conditional, train_set, cfg.data.root)
+        if saved:
+            check_resumable(saved, cfg, world_size, last_path)
+        labelled, validation = labelled_sets(cfg.model.conditional, train_set, val_set)
+        train_set = replace(train_set, images=labelled.images, names=[], attributes=None)
+        val_set = replace(val_set, images=validation.images, names=[], attributes=None)
+        train_y, val_y = labelled.labels, validation.labels
+        conditioning = (f"conditional on {len(cfg.model.conditional)} labels ({cfg.model.condition}"
+                        f"{', encoder too' if cfg.model.condition_encoder else ''}): trains on {labelled.description}, "
+                        f"validates on {validation.description}")
     if saved and saved.get("data_id") and saved["data_id"] != train_set.data_id:
         raise ResumeRefused(f"{last_path} was trained on other images (different files or preprocessing); "
                             "resume with the same data, or start afresh")
     train_batches = Batches(train_set.images, t.batch_size, device, shuffle=True, seed=t.seed, rank=rank,
-                            world_size=world_size, hflip=cfg.data.hflip, channels_last=t.channels_last)
+                            world_size=world_size, hflip=cfg.data.hflip, channels_last=t.channels_last,
+                            labels=train_y)
     val_batches = Batches(val_set.images, t.batch_size, device, rank=rank, world_size=world_size,
-                          channels_last=t.channels_last)
+                          channels_last=t.channels_last, labels=val_y)
     seed_everything(t.seed)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     raw_model = build_model(cfg.model, cfg.data.image_size).to(device, memory_format=memory_format)
@@ -108,7 +124,7 @@ def start_run(cfg: Config, resume: bool = False) -> Run:
     scheduler, per_step = make_scheduler(optimizer, t, len(train_batches))
     run = Run(cfg, rank, world_size, device, amp, amp_reason, train_set, val_set, train_batches, val_batches,
               raw_model, raw_model, optimizer, scheduler, per_step, make_ema(raw_model, t.ema_decay), None,
-              last_path, best_path, results_dir, saved)
+              last_path, best_path, results_dir, saved, conditioning=conditioning)
     if saved:
         restore(saved, raw_model, optimizer, scheduler, rank, device, run.ema)
         run.start_epoch, run.start_step = saved["epoch"], saved["step"]
@@ -127,6 +143,9 @@ def _finish_setup(run: Run) -> None:
             run.model, device_ids=[run.device] if run.device.type == "cuda" else None)
     run.tuner = configure_threads(t.threads, run.device, say=tqdm.write if run.master else lambda line: None)
     run.sample_z = torch.randn(64, run.cfg.model.latent_dim, generator=torch.Generator().manual_seed(0)).to(run.device)
+    labels = run.train_batches.labels
+    if labels is not None:
+        run.sample_y = labels[torch.arange(64) % len(labels)].to(run.device)
 
 
 def describe(run: Run) -> str:
@@ -139,7 +158,8 @@ def describe(run: Run) -> str:
             f"latent {m.latent_dim}, hidden {m.hidden_dims}, decoder {m.decoder_dims or 'mirrored'} "
             f"({m.upsample} upsampling, {m.res_blocks} residual blocks per stage); learning rate {t.lr_schedule}"
             f"{f' after {t.warmup_steps} warm-up steps' if t.warmup_steps else ''}, "
-            f"{f'EMA {t.ema_decay} of the weights evaluated' if t.ema_decay else 'no EMA'}")
+            f"{f'EMA {t.ema_decay} of the weights evaluated' if t.ema_decay else 'no EMA'}"
+            + (f"\n{run.conditioning}" if run.conditioning else ""))
 
 
 # --------------------------------------------------------------------------- one epoch
@@ -258,10 +278,11 @@ def train_epoch(run: Run, epoch: int, sums: torch.Tensor, interrupts: Interrupts
     bar = tqdm(batches.epoch(epoch, run.start_step), total=len(batches), initial=run.start_step,
                desc=f"epoch {epoch + 1}/{t.epochs}", disable=not master)
     boundary()  # validation and saving happened since the last step: the thread tuner re-warms
-    for x in bar:
+    for batch in bar:
+        x, y = batch if batches.labels is not None else (batch, None)
         n = len(x)  # a Python int: torch.tensor(n, device=cuda) would be a blocking copy each step
         with timed(n, "train step"):  # on the CPU a step is done when train_step returns
-            total, recon, kl, grad_norm = train_step(run.model, run.optimizer, x, t, run.amp)
+            total, recon, kl, grad_norm = train_step(run.model, run.optimizer, x, t, run.amp, y)
             _after_step(run)
         sums += torch.stack([total * n, recon * n, kl * n, grad_norm, torch.ones_like(total) * n])
         finite.update(steps, total, grad_norm)
@@ -305,7 +326,7 @@ def end_of_epoch(run: Run, checkpoint: dict, is_best: bool) -> None:
     model = run.evaluated
     model.eval()
     with torch.no_grad():
-        save_image_grid(model.decode(run.sample_z), run.results_dir / "train_samples.png")
+        save_image_grid(model.decode(run.sample_z, run.sample_y), run.results_dir / "train_samples.png")
     h = history[-1]
     tqdm.write(f"epoch {h['epoch']}/{run.cfg.train.epochs}  train {h['train_total']:.2f} (recon {h['train_recon']:.2f}, "
                f"kl {h['train_kl']:.2f})  val {h['val_total']:.2f} (recon {h['val_recon']:.2f}, kl "

@@ -13,10 +13,11 @@ from src.model import ConvVAE, vae_loss
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, t: TrainConfig,
-               amp: bool) -> tuple[torch.Tensor, ...]:
-    """One optimisation step; (total, recon, kl, gradient norm before clipping), left on the device."""
+               amp: bool, y: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """One optimisation step (y: the labels of a conditional model); (total, recon, kl, gradient norm
+    before clipping), left on the device."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        x_hat, mu, logvar = model(x)
+        x_hat, mu, logvar = model(x) if y is None else model(x, y)
     total, recon, kl = vae_loss(x_hat, x, mu, logvar, t.beta, t.recon_loss, t.sigma_min)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -66,9 +67,10 @@ def validation_losses(model: ConvVAE, batches: Batches, t: TrainConfig, amp: boo
     """Mean total/recon/KL per image over the split (all ranks), with z sampled as in training."""
     model.eval()
     sums = torch.zeros(4, device=batches.device)  # total, recon, kl (summed over images), count
-    for x in tqdm(batches.epoch(), total=len(batches), desc="  val", leave=False, disable=batches.rank != 0):
+    for batch in tqdm(batches.epoch(), total=len(batches), desc="  val", leave=False, disable=batches.rank != 0):
+        x, y = batch if batches.labels is not None else (batch, None)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            x_hat, mu, logvar = model(x)
+            x_hat, mu, logvar = model(x) if y is None else model(x, y)
         total, recon, kl = vae_loss(x_hat, x, mu, logvar, t.beta, t.recon_loss, t.sigma_min)
         sums += torch.stack([total, recon, kl, torch.ones_like(total)]) * len(x)  # no host->device copy
     total, recon, kl, count = all_reduce(sums).tolist()

@@ -1,0 +1,80 @@
+"""The labels a conditional VAE is trained on (model.conditional): which attributes, which images.
+
+A conditional model's decoder takes y, the chosen attributes as 0/1 indicators (src/attributes.py).
+Training uses the images whose chosen labels are all known, minus the held-out tenth of the labelled
+training images that the edit judge scores (so no image the judge scores shaped the model). When the
+validation split has no labels (the CelebA subset labels part of its training split only), one in
+VALIDATION_EVERY of the remaining training images validates instead and is left out of training.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from src.attributes import binarize, held_out_mask, indicators
+from src.config import ALL_LABELS
+from src.dataset import ImageSplit
+from src.errors import ConfigError
+
+VALIDATION_EVERY = 20   # when the val split has no labels: every 20th usable training image validates
+
+
+@dataclass
+class LabelledSet:
+    """Images with their labels y (N, K) in {0, 1}, float32."""
+    images: np.ndarray
+    labels: np.ndarray
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def condition_names(requested: list[str], train: ImageSplit, root: str) -> list[str]:
+    """model.conditional resolved against the training labels' indicator names ("all": every one)."""
+    if train.attributes is None or not train.attribute_names:
+        raise ConfigError(f"model.conditional needs attribute labels, but the training images under '{root}' have "
+                          "none (a plain folder); use CelebA with list_attr_celeba.txt or data.dataset=synthetic, "
+                          "or set model.conditional=[]")
+    _, names = indicators(train)
+    if requested == [ALL_LABELS]:
+        return names
+    unknown = [name for name in requested if name not in names]
+    if unknown:
+        raise ConfigError(f"model.conditional: no label '{unknown[0]}' in the training data; choose from "
+                          f"{', '.join(names)} (or [\"all\"])")
+    return list(requested)
+
+
+def labelled_sets(names: list[str], train: ImageSplit, val: ImageSplit) -> tuple[LabelledSet, LabelledSet]:
+    """(training set, validation set) with labels for `names`: see the module's docstring."""
+    all_labels, all_names = indicators(train)
+    columns = [all_names.index(name) for name in names]
+    labels = all_labels[:, columns]
+    usable = ~np.isnan(labels).any(axis=1) & ~held_out_mask(all_labels)
+    val_labels = _labels_of(val, train, columns)
+    if val_labels is not None:
+        rows = np.flatnonzero(usable)
+        validation = LabelledSet(val.images, val_labels, f"the val split ({len(val)} images)")
+    else:
+        candidates = np.flatnonzero(usable)
+        val_rows = candidates[VALIDATION_EVERY // 2::VALIDATION_EVERY]
+        rows = np.setdiff1d(candidates, val_rows)
+        validation = LabelledSet(train.images[val_rows], labels[val_rows].astype(np.float32),
+                                 f"1 in {VALIDATION_EVERY} labelled training images ({len(val_rows)}; the val split "
+                                 "has no labels)")
+    if len(rows) == 0 or len(validation) == 0:
+        raise ConfigError(f"model.conditional: too few images with all of {', '.join(names)} labelled "
+                          f"({len(rows)} to train, {len(validation)} to validate)")
+    training = LabelledSet(train.images[rows], labels[rows].astype(np.float32),
+                           f"{len(rows)} of {len(train)} training images (labelled, the judge's held-out tenth "
+                           "left out)")
+    return training, validation
+
+
+def _labels_of(split: ImageSplit, train: ImageSplit, columns: list[int]) -> np.ndarray | None:
+    """The split's labels binarised like the training labels, when every image has them."""
+    if split.attributes is None or np.isnan(split.attributes).all():
+        return None
+    labels = binarize(split.attributes, split.attribute_names, train.attributes)[0][:, columns]
+    return None if np.isnan(labels).any() else labels.astype(np.float32)

@@ -1,0 +1,81 @@
+"""A conditional VAE (model.conditional): its labels, its images, training and loading it."""
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from src.batches import Batches
+from src.checkpoint import load_trained
+from src.conditioning import VALIDATION_EVERY, condition_names, labelled_sets
+from src.dataset import ImageSplit
+from src.errors import ConfigError, run_cli
+from tests.conftest import make_celeba
+
+
+def split(n: int, labels: np.ndarray | None, names=("a", "b")) -> ImageSplit:
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 3, 2, 2), np.uint8)
+    return ImageSplit(images, [str(i) for i in range(n)], labels, list(names) if labels is not None else [])
+
+
+def test_training_uses_labelled_images_but_the_judges_held_out_tenth_and_validates_on_a_share_of_them():
+    labels = np.tile([[1.0, 0.0], [0.0, 1.0]], (30, 1))
+    labels[50:] = np.nan  # the last ten images are unlabelled
+    train_set, unlabelled_val = split(60, labels), split(8, np.full((8, 2), np.nan))
+    training, validation = labelled_sets(["b"], train_set, unlabelled_val)
+    ids = set(training.images[:, 0, 0, 0]) | set(validation.images[:, 0, 0, 0])
+    assert not ids & (set(range(0, 50, 10)) | set(range(50, 60)))  # held out (every 10th labelled), unlabelled
+    assert len(ids) == 45 and len(validation) == len(range(VALIDATION_EVERY // 2, 45, VALIDATION_EVERY))
+    assert not set(training.images[:, 0, 0, 0]) & set(validation.images[:, 0, 0, 0])
+    assert np.array_equal(training.labels[:, 0], training.images[:, 0, 0, 0] % 2)  # "b" follows the rows
+    training, validation = labelled_sets(["a", "b"], train_set, split(4, np.tile([[1.0, 0.0]], (4, 1))))
+    assert len(validation) == 4 and len(training) == 45 and training.labels.shape == (45, 2)
+
+
+def test_the_labels_are_named_checked_and_all_means_every_one():
+    labelled = split(4, np.zeros((4, 2)))
+    assert condition_names(["all"], labelled, "root") == ["a", "b"]
+    with pytest.raises(ConfigError, match="no label 'c' in the training data; choose from a, b"):
+        condition_names(["c"], labelled, "root")
+    with pytest.raises(ConfigError, match="needs attribute labels, but the training images under 'photos' have none"):
+        condition_names(["a"], split(4, None), "photos")
+
+
+def test_labelled_batches_keep_each_image_with_its_labels():
+    images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 3, 2, 2), np.uint8)
+    labels = np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+    for x, y in Batches(images, 4, torch.device("cpu"), shuffle=True, seed=3, labels=labels).epoch(1):
+        assert torch.equal((x[:, 0, 0, 0] * 255).round(), y[:, 0])
+
+
+def test_a_conditional_quickstart_trains_saves_and_loads(config_file, capsys):
+    path = config_file(model={"conditional": ["all"], "condition": "both"}, train={"epochs": 2})
+    train.main(["--config", str(path)])
+    assert "conditional on" in capsys.readouterr().out
+    model, cfg, state, _ = load_trained(None, str(path))
+    assert "glasses" in cfg.model.conditional and model.conditions == len(cfg.model.conditional)
+    assert all(np.isfinite(h["val_total"]) for h in state["history"])
+    z, y = torch.zeros(2, model.latent_dim), torch.zeros(2, model.conditions)
+    y[1, cfg.model.conditional.index("glasses")] = 1
+    with torch.no_grad():
+        faces = model.decode(z, y)
+    assert faces.shape == (2, 3, 16, 16) and not torch.equal(faces[0], faces[1])
+    train.main(["--config", str(path), "--resume", "train.epochs=3"])  # "all" resumes as the names it became
+    assert len(load_trained(None, str(path)).state["history"]) == 3
+
+
+def test_a_folder_without_labels_is_a_one_line_error(tmp_path, config_file, capsys):
+    make_celeba(tmp_path / "photos", counts=(6, 2, 2))
+    path = config_file(data={"dataset": "folder", "root": str(tmp_path / "photos" / "img_align_celeba")})
+    with pytest.raises(SystemExit):
+        run_cli(train.main, ["--config", str(path), 'model.conditional=["Smiling"]'])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'model.conditional' must be [] for data.dataset=folder" in err
+    celeba = tmp_path / "celeba_without_labels"
+    make_celeba(celeba, counts=(6, 2, 2))
+    (celeba / "list_attr_celeba.txt").unlink()
+    path = config_file(data={"dataset": "celeba", "root": str(celeba)}, model={"conditional": ["Smiling"]})
+    with pytest.raises(SystemExit):
+        run_cli(train.main, ["--config", str(path)])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the images' caching bars
+    assert last.startswith("error: model.conditional needs attribute labels") and str(celeba) in last
