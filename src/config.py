@@ -68,6 +68,8 @@ class TrainConfig:
     ema_decay: float = 0.0               # exponential moving average of the weights (e.g. 0.999), used for
                                          # validation, evaluation and sampling; 0 = off
     beta: float = 1.2                    # weight of the KL term
+    adversary: float = 0.0               # conditional: weight of a Fader-style adversary that keeps the labels
+                                         # out of the codes (src/adversary.py); 0 = off
     recon_loss: str = "mse_sum"          # mse_sum (the baseline's) | gaussian (calibrated sigma, loss in nats)
     sigma_min: float = 0.0025            # gaussian: soft floor on the calibrated sigma (sigma-VAE: exp(-6) = 0.00248)
     grad_clip: float = 1.0               # max gradient norm; 0 disables clipping
@@ -193,6 +195,8 @@ def check_values(cfg: Config) -> None:
         (t.lr > 0, "train.lr", "greater than 0"),
         (0 < t.lr_gamma <= 1, "train.lr_gamma", "in (0, 1]"),
         (t.beta >= 0, "train.beta", "0 or more"),
+        (t.adversary >= 0 and (t.adversary == 0 or bool(m.conditional)), "train.adversary",
+         "0, or more when model.conditional names labels (it keeps them out of the codes)"),
         (t.recon_loss in RECON_LOSSES, "train.recon_loss", f"one of {', '.join(RECON_LOSSES)}"),
         (0 < t.sigma_min < 1, "train.sigma_min", "in (0, 1)"),
         (t.grad_clip >= 0, "train.grad_clip", "0 (off) or more"),

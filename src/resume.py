@@ -61,7 +61,7 @@ def check_resumable(saved: dict, cfg: Config, world_size: int, path: Path) -> No
 
 def checkpoint_state(model: ConvVAE, optimizer, scheduler, cfg: Config, history: list, best_val: float,
                      epoch: int, data_id: str, world_size: int, device: torch.device, step: int = 0,
-                     sums: torch.Tensor | None = None, ema=None) -> dict:
+                     sums: torch.Tensor | None = None, ema=None, adversary: tuple | None = None) -> dict:
     """Everything a resume needs. Collective under DDP: every rank calls it (RNG states are gathered,
     mid-epoch sums reduced), rank 0 saves it."""
     rng = rng_state(device)
@@ -72,18 +72,25 @@ def checkpoint_state(model: ConvVAE, optimizer, scheduler, cfg: Config, history:
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "step": step, "partial": partial, "config": cfg.to_dict(), "history": history,
             "best_val": best_val, "rng": rng, "world_size": world_size, "data_id": data_id,
-            **({"ema": ema.module.state_dict(), "ema_updates": int(ema.n_averaged)} if ema is not None else {})}
+            **({"ema": ema.module.state_dict(), "ema_updates": int(ema.n_averaged)} if ema is not None else {}),
+            **({"adversary": {"model": adversary[0].state_dict(), "optimizer": adversary[1].state_dict()}}
+               if adversary is not None else {})}
 
 
-def restore(saved: dict, model: ConvVAE, optimizer, scheduler, rank: int, device: torch.device, ema=None) -> None:
+def restore(saved: dict, model: ConvVAE, optimizer, scheduler, rank: int, device: torch.device, ema=None,
+            adversary: tuple | None = None) -> None:
     """Load a checkpoint (read on the CPU) into the model, optimizer, scheduler, the weights' average
-    (if both keep one; else it starts from the weights) and, mid-epoch, the RNGs."""
+    (if both keep one; else it starts from the weights), a conditional model's adversary (if both keep
+    one; else it starts afresh) and, mid-epoch, the RNGs."""
     model.load_state_dict(saved["model"])  # copies the CPU tensors to the model's device
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     if ema is not None and "ema" in saved:
         ema.module.load_state_dict(saved["ema"])
         ema.n_averaged.fill_(saved["ema_updates"])
+    if adversary is not None and "adversary" in saved:
+        adversary[0].load_state_dict(saved["adversary"]["model"])
+        adversary[1].load_state_dict(saved["adversary"]["optimizer"])
     if saved["step"]:
         rng = saved["rng"]
         set_rng_state(rng[rank] if isinstance(rng, list) else rng, device)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from src.adversary import make_adversary
 from src.batches import Batches
 from src.checkpoint import load_checkpoint, save_checkpoint
 from src.conditioning import condition_names, labelled_sets
@@ -27,7 +28,7 @@ from src.config import ALL_LABELS, Config
 from src.dataset import ImageSplit, load_split
 from src.device import choose_bf16
 from src.distributed import all_reduce, local_rank_zero_first, setup_distributed
-from src.errors import NumericalError
+from src.errors import ConfigError, NumericalError
 from src.figures import save_image_grid
 from src.files import atomic_json, ensure_writable_dir
 from src.interrupts import Interrupts
@@ -70,6 +71,7 @@ class Run:
     sample_z: torch.Tensor | None = None  # the codes of the sample grid drawn after every epoch
     sample_y: torch.Tensor | None = None  # and a conditional model's labels for it (the first training images')
     conditioning: str = ""               # a conditional model: its labels and images, in words
+    adversary: tuple | None = None       # (LatentAdversary, its optimizer) with train.adversary > 0
 
     @property
     def master(self) -> bool:
@@ -107,7 +109,8 @@ def start_run(cfg: Config, resume: bool = False) -> Run:
         val_set = replace(val_set, images=validation.images, names=[], attributes=None)
         train_y, val_y = labelled.labels, validation.labels
         conditioning = (f"conditional on {len(cfg.model.conditional)} labels ({cfg.model.condition}"
-                        f"{', encoder too' if cfg.model.condition_encoder else ''}): trains on {labelled.description}, "
+                        f"{', encoder too' if cfg.model.condition_encoder else ''}"
+                        f"{f', adversary {t.adversary}' if t.adversary else ''}): trains on {labelled.description}, "
                         f"validates on {validation.description}")
     if saved and saved.get("data_id") and saved["data_id"] != train_set.data_id:
         raise ResumeRefused(f"{last_path} was trained on other images (different files or preprocessing); "
@@ -125,8 +128,13 @@ def start_run(cfg: Config, resume: bool = False) -> Run:
     run = Run(cfg, rank, world_size, device, amp, amp_reason, train_set, val_set, train_batches, val_batches,
               raw_model, raw_model, optimizer, scheduler, per_step, make_ema(raw_model, t.ema_decay), None,
               last_path, best_path, results_dir, saved, conditioning=conditioning)
+    if t.adversary > 0:
+        if world_size > 1:
+            raise ConfigError("train.adversary is not supported with several processes yet; train on one, or set "
+                              "train.adversary=0")
+        run.adversary = make_adversary(cfg.model.latent_dim, len(cfg.model.conditional), device)
     if saved:
-        restore(saved, raw_model, optimizer, scheduler, rank, device, run.ema)
+        restore(saved, raw_model, optimizer, scheduler, rank, device, run.ema, run.adversary)
         run.start_epoch, run.start_step = saved["epoch"], saved["step"]
         run.history, run.best_val = saved["history"], saved["best_val"]
     if run.start_epoch < t.epochs:
@@ -232,7 +240,7 @@ def _after_step(run: Run) -> None:
 
 def _state(run: Run, epoch: int, step: int = 0, sums: torch.Tensor | None = None) -> dict:
     return checkpoint_state(run.raw_model, run.optimizer, run.scheduler, run.cfg, run.history, run.best_val, epoch,
-                            run.train_set.data_id, run.world_size, run.device, step, sums, run.ema)
+                            run.train_set.data_id, run.world_size, run.device, step, sums, run.ema, run.adversary)
 
 
 def _check_finite(record: dict, epoch: int, val: dict) -> None:
@@ -282,7 +290,7 @@ def train_epoch(run: Run, epoch: int, sums: torch.Tensor, interrupts: Interrupts
         x, y = batch if batches.labels is not None else (batch, None)
         n = len(x)  # a Python int: torch.tensor(n, device=cuda) would be a blocking copy each step
         with timed(n, "train step"):  # on the CPU a step is done when train_step returns
-            total, recon, kl, grad_norm = train_step(run.model, run.optimizer, x, t, run.amp, y)
+            total, recon, kl, grad_norm = train_step(run.model, run.optimizer, x, t, run.amp, y, run.adversary)
             _after_step(run)
         sums += torch.stack([total * n, recon * n, kl * n, grad_norm, torch.ones_like(total) * n])
         finite.update(steps, total, grad_norm)

@@ -6,6 +6,7 @@ import math
 import torch
 from tqdm import tqdm
 
+from src.adversary import adversary_step, fooling_loss
 from src.batches import Batches
 from src.config import TrainConfig
 from src.distributed import all_reduce
@@ -13,16 +14,20 @@ from src.model import ConvVAE, vae_loss
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, t: TrainConfig,
-               amp: bool, y: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """One optimisation step (y: the labels of a conditional model); (total, recon, kl, gradient norm
-    before clipping), left on the device."""
+               amp: bool, y: torch.Tensor | None = None, adversary: tuple | None = None) -> tuple[torch.Tensor, ...]:
+    """One optimisation step (y: the labels of a conditional model; adversary: its (LatentAdversary,
+    optimizer), src/adversary.py); (total, recon, kl, gradient norm before clipping), left on the
+    device. total is the VAE's loss, without the adversary's term."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         x_hat, mu, logvar = model(x) if y is None else model(x, y)
     total, recon, kl = vae_loss(x_hat, x, mu, logvar, t.beta, t.recon_loss, t.sigma_min)
+    loss = total if adversary is None else total + t.adversary * fooling_loss(adversary[0], mu, y)
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
     optimizer.step()
+    if adversary is not None:
+        adversary_step(*adversary, mu, y)
     return total.detach(), recon.detach(), kl.detach(), grad_norm.detach()
 
 

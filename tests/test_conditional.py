@@ -79,3 +79,32 @@ def test_a_folder_without_labels_is_a_one_line_error(tmp_path, config_file, caps
         run_cli(train.main, ["--config", str(path)])
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the images' caching bars
     assert last.startswith("error: model.conditional needs attribute labels") and str(celeba) in last
+
+
+def test_the_adversary_learns_to_read_labels_from_codes():
+    from src.adversary import adversary_step, label_loss, make_adversary
+    torch.manual_seed(0)
+    y = (torch.rand(64, 2) < 0.5).float()
+    mu = torch.cat([y * 2 - 1, torch.randn(64, 3)], dim=1)  # the labels are in the codes
+    adversary, optimizer = make_adversary(5, 2, torch.device("cpu"))
+    before = label_loss(adversary, mu, y).item()
+    for _ in range(100):
+        adversary_step(adversary, optimizer, mu, y)
+    assert label_loss(adversary, mu, y).item() < 0.2 * before
+
+
+def test_a_run_with_an_adversary_saves_it_and_resumes_exactly(tmp_path, config_file):
+    from src.config import load_config
+    path = config_file(model={"conditional": ["glasses", "hat"]}, train={"epochs": 2, "adversary": 5.0})
+    straight = load_config(path)
+    train.main(["--config", str(path)])
+    first = torch.load(f"{straight.paths.checkpoint_dir}/last_vae.pth", weights_only=False)
+    resumed = [f"paths.checkpoint_dir={tmp_path / 'resumed'}", f"paths.results_dir={tmp_path / 'resumed_results'}"]
+    train.main(["--config", str(path), "train.epochs=1", *resumed])
+    train.main(["--config", str(path), "--resume", *resumed])
+    second = torch.load(tmp_path / "resumed" / "last_vae.pth", weights_only=False)
+    for key in ("model", "adversary"):
+        a, b = first[key] if key == "model" else first[key]["model"], second[key] if key == "model" else second[key]["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a), key
+    with pytest.raises(ConfigError, match="'train.adversary' must be 0, or more when model.conditional"):
+        load_config(path, ["model.conditional=[]"])
