@@ -8,13 +8,16 @@ VALIDATION_EVERY of the remaining training images validates instead and is left 
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from src.attributes import binarize, held_out_mask, indicators
 from src.config import ALL_LABELS
 from src.dataset import ImageSplit
 from src.errors import ConfigError
+from src.judge import judge_probabilities, trained_judge
 
 VALIDATION_EVERY = 20   # when the val split has no labels: every 20th usable training image validates
 
@@ -78,3 +81,14 @@ def _labels_of(split: ImageSplit, train: ImageSplit, columns: list[int]) -> np.n
         return None
     labels = binarize(split.attributes, split.attribute_names, train.attributes)[0][:, columns]
     return None if np.isnan(labels).any() else labels.astype(np.float32)
+
+
+def image_labels(images: np.ndarray, names: list[str], train: ImageSplit, cache_dir: str | Path,
+                 device: torch.device) -> np.ndarray:
+    """0/1 labels `names` (N, K) of uint8 images that have none, e.g. photos or the subset's test split:
+    the decisions of the labeller, a CNN trained once per data set on its labelled training images
+    (src/judge.py's network with another seed, so it is not the judge that scores the edits)."""
+    all_labels, all_names = indicators(train)
+    labeller = trained_judge(train.images, all_labels, all_names, train.data_id, cache_dir, device, role="labeller")
+    probabilities = judge_probabilities(labeller, images).numpy()
+    return (probabilities[:, [all_names.index(name) for name in names]] > 0.5).astype(np.float32)

@@ -29,6 +29,8 @@ JUDGE_EPOCHS = 12
 JUDGE_BATCH = 128
 JUDGE_LR = 2e-3
 JUDGE_VERSION = 3            # part of the cache key: bump when the network or its training changes
+ROLES = {"judge": ("edit judge", 0),           # role -> (name, seed). The labeller, a second network of the
+         "labeller": ("attribute labeller", 1)}  # same kind, gives a conditional VAE the labels of new images
 
 
 class Judge(nn.Module):
@@ -61,7 +63,8 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 @torch.enable_grad()  # callers may run under no_grad (inference.py does)
-def fit_judge(images: np.ndarray, labels: np.ndarray, device: torch.device, seed: int = 0) -> Judge:
+def fit_judge(images: np.ndarray, labels: np.ndarray, device: torch.device, seed: int = 0,
+              name: str = "edit judge") -> Judge:
     """Train a Judge on uint8 images (N, 3, H, W) and 0/1/NaN labels (N, A); NaN labels add no loss."""
     torch.manual_seed(seed)
     judge = Judge(labels.shape[1]).to(device)
@@ -76,7 +79,7 @@ def fit_judge(images: np.ndarray, labels: np.ndarray, device: torch.device, seed
     mask = torch.from_numpy(known).float()
     generator = torch.Generator().manual_seed(seed)
     judge.train()
-    for _ in tqdm(range(JUDGE_EPOCHS), desc="training the edit judge", unit="epoch"):
+    for _ in tqdm(range(JUDGE_EPOCHS), desc=f"training the {name}", unit="epoch"):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(order), JUDGE_BATCH):
             index = order[start:start + JUDGE_BATCH].sort().values.numpy()
@@ -117,16 +120,19 @@ def accuracy(judge: Judge, images: np.ndarray, labels: np.ndarray, names: list[s
 
 
 def trained_judge(train_images: np.ndarray, labels: np.ndarray, names: list[str], data_id: str,
-                  cache_dir: str | Path, device: torch.device) -> Judge:
-    """The judge of this data set: read from cache_dir when it was trained on the same data and
-    attributes, else trained (on the labelled training images but the held-out ones) and cached."""
-    key = json.dumps({"data": data_id, "names": names, "version": JUDGE_VERSION, "epochs": JUDGE_EPOCHS})
-    path = Path(cache_dir) / f"judge-{data_id[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}.pt"
+                  cache_dir: str | Path, device: torch.device, role: str = "judge") -> Judge:
+    """The judge (or, role "labeller", the labeller) of this data set: read from cache_dir when it was
+    trained on the same data and attributes, else trained (on the labelled training images but the
+    held-out ones) and cached."""
+    name, seed = ROLES[role]
+    key = json.dumps({"data": data_id, "names": names, "version": JUDGE_VERSION, "epochs": JUDGE_EPOCHS,
+                      **({"role": role} if role != "judge" else {})})  # the judge's caches stay valid
+    path = Path(cache_dir) / f"{role}-{data_id[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}.pt"
 
     def train() -> dict[str, torch.Tensor]:
         rows = ~held_out_mask(labels) & ~np.isnan(labels).all(axis=1)
-        print(f"training the edit judge on {rows.sum()} labelled training images ({len(names)} attributes) ...")
-        judge = fit_judge(np.asarray(train_images)[rows], labels[rows], device)
+        print(f"training the {name} on {rows.sum()} labelled training images ({len(names)} attributes) ...")
+        judge = fit_judge(np.asarray(train_images)[rows], labels[rows], device, seed, name)
         return {k: v.cpu() for k, v in judge.state_dict().items()}
 
     def read(path: Path) -> tuple[str, dict[str, torch.Tensor]]:

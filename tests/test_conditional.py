@@ -108,3 +108,20 @@ def test_a_run_with_an_adversary_saves_it_and_resumes_exactly(tmp_path, config_f
         assert all(torch.equal(a[k], b[k]) for k in a), key
     with pytest.raises(ConfigError, match="'train.adversary' must be 0, or more when model.conditional"):
         load_config(path, ["model.conditional=[]"])
+
+
+def test_the_labeller_is_a_second_network_cached_apart_from_the_judge(tmp_path):
+    from src.attributes import indicators
+    from src.conditioning import image_labels
+    from src.judge import trained_judge
+    from src.synthetic import FACTOR_NAMES, generate_faces
+    faces, factors = generate_faces(40, seed=0, image_size=16)
+    train_set = ImageSplit(faces, [str(i) for i in range(40)], factors.astype(np.float32), list(FACTOR_NAMES), "syn")
+    labels, names = indicators(train_set)
+    judge = trained_judge(faces, labels, names, "syn", tmp_path, torch.device("cpu"))
+    decided = image_labels(faces[:6], ["glasses", "hat"], train_set, tmp_path, torch.device("cpu"))
+    assert decided.shape == (6, 2) and set(np.unique(decided)) <= {0.0, 1.0}
+    cached = sorted(p.name.split("-")[0] for p in tmp_path.glob("*.pt"))
+    assert cached == ["judge", "labeller"]
+    labeller = trained_judge(faces, labels, names, "syn", tmp_path, torch.device("cpu"), role="labeller")
+    assert not torch.equal(judge.head.weight, labeller.head.weight)
