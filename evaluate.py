@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 
 from src.cli import argument_parser, trained_model
+from src.conditioning import drawn_labels, labels_for
 from src.dataset import load_split
 from src.errors import UserError, run_cli
 from src.fid import InceptionUnavailable, default_sample_count, inception_path
@@ -69,19 +70,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     model, cfg, state, checkpoint = trained_model(args)
     results_dir = ensure_writable_dir(cfg.paths.results_dir, "paths.results_dir")
     split = load_split(cfg, args.split)
+    train = split if args.split == "train" else load_split(cfg, "train")
     bs = cfg.train.batch_size
     configure_threads(cfg.train.threads, model.device)  # "auto" tunes on the encoder and Inception batches
+    y, train_y = conditional_labels(model, cfg, split, train, args.split)
 
-    stats = per_image_stats(model, split.images, bs, model.device, seed=args.seed)
+    stats = per_image_stats(model, split.images, bs, model.device, seed=args.seed, labels=y)
     summary = summarize(stats, pixels_per_image=split.images[0].size, t=cfg.train)
-    posterior = posterior_stats(model, split.images, bs, model.device)
+    posterior = posterior_stats(model, split.images, bs, model.device, labels=y)
     recon = reconstruction_quality(posterior)
     latent = latent_usage(posterior["mu"], posterior["logvar"])
     kl_plot = plot_kl_per_dim(latent, Path(results_dir) / "kl_per_dim.png")
-    train = split if args.split == "train" else load_split(cfg, "train")
-    train_mu = encode(model, train.images, bs, model.device, desc="encoding train")[0]
+    train_mu = encode(model, train.images, bs, model.device, desc="encoding train", labels=train_y)[0]
     factors = disentanglement(cfg, args.split, split, train, posterior["mu"].numpy(), train_mu)
-    generative = None if args.no_fid else sample_fid(args, model, cfg, checkpoint, split, train, train_mu)
+    generative = None if args.no_fid else sample_fid(args, model, cfg, checkpoint, split, train, train_mu, y)
 
     metrics = {"checkpoint": str(checkpoint), "epoch": state.get("epoch"), "dataset": cfg.data.dataset,
                "data_root": cfg.data.root if cfg.data.dataset != "synthetic" else None,
@@ -96,16 +98,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote {out} and {kl_plot}")
 
 
-def sample_fid(args, model, cfg, checkpoint: Path, split, train, train_mu) -> dict:
-    """FID/KID at --fid-samples (or the device's default), also against train images with --fid-train."""
+def conditional_labels(model, cfg, split, train, split_name: str) -> tuple:
+    """A conditional model's y for the split's and the training images (known labels, else the
+    labeller's); (None, None) for an unconditional model."""
+    if not model.conditions:
+        return None, None
+    names, cache_dir = cfg.model.conditional, cfg.data.cache_dir
+    y = labels_for(names, split, train, cache_dir, model.device)
+    return y, (y if split_name == "train" else labels_for(names, train, train, cache_dir, model.device))
+
+
+def sample_fid(args, model, cfg, checkpoint: Path, split, train, train_mu, y) -> dict:
+    """FID/KID at --fid-samples (or the device's default), also against train images with --fid-train; a
+    conditional model's samples take label rows drawn from the training labels."""
     device: torch.device = model.device
     n, why = (args.fid_samples, "--fid-samples") if args.fid_samples else default_sample_count(device)
     with_train = args.fid_train if args.fid_train is not None else device.type == "cuda"
     print(f"FID/KID: {n} samples per sampler on {device.type} ({why}) against {min(n, len(split))} {args.split} "
           "images" + ("" if with_train else "; add --fid-train to compare with train images too"))
     samplers = list(dict.fromkeys(args.fid_samplers))  # in the order given, each once
+    labels = {} if y is None else {args.split: y, **dict.fromkeys(
+        samplers, drawn_labels(cfg.model.conditional, train, n, args.seed))}
     return fid_and_kid(model, cfg, checkpoint, args.split, split, train, train_mu, n, with_train, args.seed,
-                       samplers)
+                       samplers, labels)
 
 
 if __name__ == "__main__":

@@ -83,3 +83,12 @@ def iterate_batches(images: np.ndarray, batch_size: int, device: torch.device,
     for start in range(0, len(images), batch_size):
         x = to_device(torch.from_numpy(np.array(images[start:start + batch_size])), device)  # a copy: memmaps are read-only
         yield x if uint8 else x.float().div_(255)
+
+
+def iterate_labelled(images: np.ndarray, labels: np.ndarray | None, batch_size: int, device: torch.device
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """iterate_batches' float images, each batch with its rows of `labels` (a conditional VAE's y; None:
+    an unconditional model, y is None)."""
+    for start, x in zip(range(0, len(images), batch_size), iterate_batches(images, batch_size, device)):
+        yield x, None if labels is None else to_device(torch.as_tensor(labels[start:start + batch_size],
+                                                                        dtype=torch.float32), device)

@@ -92,3 +92,32 @@ def image_labels(images: np.ndarray, names: list[str], train: ImageSplit, cache_
     labeller = trained_judge(train.images, all_labels, all_names, train.data_id, cache_dir, device, role="labeller")
     probabilities = judge_probabilities(labeller, images).numpy()
     return (probabilities[:, [all_names.index(name) for name in names]] > 0.5).astype(np.float32)
+
+
+def labels_for(names: list[str], split: ImageSplit, train: ImageSplit, cache_dir: str | Path,
+               device: torch.device) -> np.ndarray:
+    """A conditional model's y (N, K) for every image of `split`: its own labels where all K are known
+    (binarised like the training labels), the labeller's decisions for the rest."""
+    all_names = indicators(train)[1]
+    columns = [all_names.index(name) for name in names]
+    if split.attributes is None:
+        return image_labels(split.images, names, train, cache_dir, device)
+    known = binarize(split.attributes, split.attribute_names, train.attributes)[0][:, columns]
+    missing = np.isnan(known).any(axis=1)
+    if missing.any():
+        known[missing] = image_labels(split.images[np.flatnonzero(missing)], names, train, cache_dir, device)
+    return known.astype(np.float32)
+
+
+def drawn_labels(names: list[str], train: ImageSplit, n: int, seed: int = 0) -> np.ndarray:
+    """n label rows (n, K) drawn with replacement from the training images whose labels are all known:
+    samples of a conditional model then follow the joint distribution of the training labels."""
+    labels = labelled_rows(names, train)
+    return labels[np.random.default_rng(seed).integers(0, len(labels), n)]
+
+
+def labelled_rows(names: list[str], train: ImageSplit) -> np.ndarray:
+    """The training labels (rows with all of `names` known), as float32."""
+    all_labels, all_names = indicators(train)
+    labels = all_labels[:, [all_names.index(name) for name in names]]
+    return labels[~np.isnan(labels).any(axis=1)].astype(np.float32)

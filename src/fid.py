@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from src.batches import iterate_batches
+from src.batches import iterate_batches, iterate_labelled
 from src.cache import cached_arrays
 from src.errors import UserError
 from src.files import file_digest
@@ -133,17 +133,21 @@ def image_features(extractor: nn.Module, batches: Iterable[torch.Tensor], bar: t
     return torch.cat(out)
 
 
-def decoded_batches(model: ConvVAE, codes: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    """The decoded codes as uint8 images, batch by batch on the model's device."""
+def decoded_batches(model: ConvVAE, codes: torch.Tensor, batch_size: int,
+                    labels: np.ndarray | None = None) -> Iterator[torch.Tensor]:
+    """The decoded codes (with a conditional model's labels) as uint8 images, batch by batch on the
+    model's device."""
     device = model.device
     for start in range(0, len(codes), batch_size):
-        yield to_uint8(model.decode(codes[start:start + batch_size].to(device)))
+        y = None if labels is None else torch.as_tensor(labels[start:start + batch_size], dtype=torch.float32)
+        yield to_uint8(model.decode(codes[start:start + batch_size].to(device), None if y is None else y.to(device)))
 
 
-def recon_batches(model: ConvVAE, images: np.ndarray, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Reconstructions with z = mu, as uint8."""
-    for x in iterate_batches(images, batch_size, device):
-        yield to_uint8(model.decode(model.encode(x)[0]))
+def recon_batches(model: ConvVAE, images: np.ndarray, batch_size: int, device: torch.device,
+                  labels: np.ndarray | None = None) -> Iterator[torch.Tensor]:
+    """Reconstructions with z = mu (and a conditional model's labels), as uint8."""
+    for x, y in iterate_labelled(images, labels, batch_size, device):
+        yield to_uint8(model.decode(model.encode(x, y)[0], y))
 
 
 def subset(images: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -234,15 +238,17 @@ def kid(real: torch.Tensor, fake: torch.Tensor, device: torch.device | str = "cp
 
 def generative_metrics(model: ConvVAE, references: dict[str, np.ndarray], codes: dict[str, torch.Tensor],
                        cache_dir: str | Path, cache_name: str, batch_size: int, device: torch.device,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, labels: dict[str, np.ndarray] | None = None) -> dict:
     """FID and KID of the images decoded from each set of codes (e.g. {"prior": ..., "gmm": ...}, N each)
     against each reference set, FID of reconstructions of the first (held-out) reference, and the
     FID between "train" and the held-out set (the floor real data reaches at these sizes).
 
     references: name -> uint8 images, e.g. {"test": ..., "train": ...}; each is cut to N images (a
     seeded subset) when larger. Real features are cached under cache_dir; the model's images are
-    always recomputed. One progress bar (with its ETA) covers every Inception pass.
+    always recomputed. One progress bar (with its ETA) covers every Inception pass. labels: a
+    conditional model's y for each set of codes and for the held-out images, by name.
     """
+    labels = labels or {}
     model.eval()
     n = len(next(iter(codes.values())))
     extractor = InceptionFeatures(device)
@@ -252,10 +258,12 @@ def generative_metrics(model: ConvVAE, references: dict[str, np.ndarray], codes:
     with tqdm(total=n * len(codes) + len(reals[held_out]), desc="Inception features", unit="img") as bar:
         real_feats = {name: real_features(extractor, images, cache_dir, cache_name, name, batch_size, device, bar)
                       for name, images in reals.items()}
-        fake = {sampler: image_features(extractor, decoded_batches(model, z, batch_size), bar, f"{sampler} samples")
+        fake = {sampler: image_features(extractor, decoded_batches(model, z, batch_size, labels.get(sampler)), bar,
+                                        f"{sampler} samples")
                 for sampler, z in codes.items()}
-        recon = image_features(extractor, recon_batches(model, reals[held_out], batch_size, device), bar,
-                               f"{held_out} reconstructions")
+        held_out_labels = subset(labels[held_out], n) if held_out in labels else None  # the same rows
+        recon = image_features(extractor, recon_batches(model, reals[held_out], batch_size, device, held_out_labels),
+                               bar, f"{held_out} reconstructions")
     out = {"feature_extractor": FEATURE_PIPELINE, "num_samples": n, "seed": seed, "samplers": list(codes),
            "num_real": {name: len(images) for name, images in reals.items()}}
     for sampler, feats in fake.items():

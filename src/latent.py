@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from src.batches import iterate_batches
+from src.batches import iterate_labelled
 from src.cache import cached_arrays
 from src.files import file_digest
 from src.model import ConvVAE, kl_divergence
@@ -28,14 +28,14 @@ TRAVERSE_RANGE = 3.0         # traversals run from -3 to +3 prior standard devia
 
 @torch.no_grad()
 def encode(model: ConvVAE, images: np.ndarray, batch_size: int, device: torch.device,
-           desc: str = "encoding") -> tuple[np.ndarray, np.ndarray]:
-    """(mu, logvar) of every image, float32 on the CPU, in order."""
+           desc: str = "encoding", labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, logvar) of every image, float32 on the CPU, in order (labels: a conditional model's y)."""
     model.eval()
     mus, logvars = [], []
-    batches = iterate_batches(images, batch_size, device)
-    for x in tqdm(batches, total=math.ceil(len(images) / batch_size), desc=desc, leave=False):
+    batches = iterate_labelled(images, labels, batch_size, device)
+    for x, y in tqdm(batches, total=math.ceil(len(images) / batch_size), desc=desc, leave=False):
         with timed(len(x), "encode"):
-            mu, logvar = model.encode(x)
+            mu, logvar = model.encode(x, y)
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
     return torch.cat(mus).numpy(), torch.cat(logvars).numpy()

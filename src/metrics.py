@@ -12,27 +12,28 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from src.batches import iterate_batches
+from src.batches import iterate_labelled
 from src.config import TrainConfig
 from src.model import ConvVAE, bits_per_dim, calibrated_log_sigma, gaussian_nll, kl_divergence
 
 
 @torch.no_grad()
 def per_image_stats(model: ConvVAE, images: np.ndarray, batch_size: int, device: torch.device,
-                    seed: int = 0) -> dict[str, torch.Tensor]:
+                    seed: int = 0, labels: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """For every image: summed squared error with z sampled and with z = mu, and KL (float32, CPU).
+    labels: a conditional model's y of each image.
 
     The sampled z uses a generator seeded with `seed`, so repeated runs give identical numbers.
     """
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     out = {"sse_sampled": [], "sse_mean": [], "kl": []}
-    batches = iterate_batches(images, batch_size, device)
-    for x in tqdm(batches, total=math.ceil(len(images) / batch_size), desc="evaluating", leave=False):
-        mu, logvar = model.encode(x)
+    batches = iterate_labelled(images, labels, batch_size, device)
+    for x, y in tqdm(batches, total=math.ceil(len(images) / batch_size), desc="evaluating", leave=False):
+        mu, logvar = model.encode(x, y)
         z = mu + torch.randn(mu.shape, generator=generator, device=device) * torch.exp(0.5 * logvar)
-        out["sse_sampled"].append((model.decode(z) - x).pow(2).flatten(1).sum(1))
-        out["sse_mean"].append((model.decode(mu) - x).pow(2).flatten(1).sum(1))
+        out["sse_sampled"].append((model.decode(z, y) - x).pow(2).flatten(1).sum(1))
+        out["sse_mean"].append((model.decode(mu, y) - x).pow(2).flatten(1).sum(1))
         out["kl"].append(kl_divergence(mu, logvar).sum(1))
     return {k: torch.cat(v).float().cpu() for k, v in out.items()}
 
@@ -80,9 +81,10 @@ def ms_ssim_min_size() -> int:
 
 
 @torch.no_grad()
-def posterior_stats(model: ConvVAE, images: np.ndarray, batch_size: int,
-                    device: torch.device) -> dict[str, torch.Tensor | None]:
-    """mu and logvar of every image, and SSIM / MS-SSIM of its reconstruction with z = mu (CPU float32).
+def posterior_stats(model: ConvVAE, images: np.ndarray, batch_size: int, device: torch.device,
+                    labels: np.ndarray | None = None) -> dict[str, torch.Tensor | None]:
+    """mu and logvar of every image, and SSIM / MS-SSIM of its reconstruction with z = mu (CPU float32);
+    labels: a conditional model's y of each image.
 
     "ms_ssim" is None when the images are too small for the 3-scale MS-SSIM (see ms_ssim_min_size).
     """
@@ -93,10 +95,10 @@ def posterior_stats(model: ConvVAE, images: np.ndarray, batch_size: int,
     model.eval()
     with_ms_ssim = images.shape[-1] >= ms_ssim_min_size()
     out = {"mu": [], "logvar": [], "ssim": [], "ms_ssim": []}
-    batches = iterate_batches(images, batch_size, device)
-    for x in tqdm(batches, total=math.ceil(len(images) / batch_size), desc="SSIM and latents", leave=False):
-        mu, logvar = model.encode(x)
-        x_hat = model.decode(mu)
+    batches = iterate_labelled(images, labels, batch_size, device)
+    for x, y in tqdm(batches, total=math.ceil(len(images) / batch_size), desc="SSIM and latents", leave=False):
+        mu, logvar = model.encode(x, y)
+        x_hat = model.decode(mu, y)
         out["mu"].append(mu)
         out["logvar"].append(logvar)
         out["ssim"].append(structural_similarity_index_measure(x_hat, x, data_range=1.0, reduction="none"))

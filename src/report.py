@@ -107,9 +107,9 @@ def format_disentanglement(d: dict) -> str:
 
 def fid_and_kid(model: ConvVAE, cfg: Config, checkpoint: Path, split_name: str, split: ImageSplit,
                 train: ImageSplit, train_mu: np.ndarray, n: int, with_train: bool, seed: int,
-                samplers: Sequence[str] = ("prior", "gmm")) -> dict:
+                samplers: Sequence[str] = ("prior", "gmm"), labels: dict[str, np.ndarray] | None = None) -> dict:
     """FID/KID of each sampler's samples ("prior", "gmm"), n each with the same seed, against the split
-    (and train)."""
+    (and train); labels: a conditional model's y by sampler and split name (src/fid.py)."""
     gmm = training_gmm(model, checkpoint, train.images, train.data_id, cfg.data.cache_dir, cfg.train.batch_size,
                        model.device, codes=train_mu) if "gmm" in samplers else None
     codes = {sampler: latent_codes(sampler, n, model.latent_dim, seed, gmm) for sampler in samplers}
@@ -117,7 +117,7 @@ def fid_and_kid(model: ConvVAE, cfg: Config, checkpoint: Path, split_name: str, 
     if with_train and split_name != "train":
         references["train"] = train.images
     return generative_metrics(model, references, codes, cfg.data.cache_dir, cfg.data.dataset, cfg.train.batch_size,
-                              model.device, seed=seed)
+                              model.device, seed=seed, labels=labels)
 
 
 

@@ -125,3 +125,29 @@ def test_the_labeller_is_a_second_network_cached_apart_from_the_judge(tmp_path):
     assert cached == ["judge", "labeller"]
     labeller = trained_judge(faces, labels, names, "syn", tmp_path, torch.device("cpu"), role="labeller")
     assert not torch.equal(judge.head.weight, labeller.head.weight)
+
+
+def test_evaluate_scores_a_conditional_model_with_its_labels(config_file, tmp_path):
+    import json
+
+    import evaluate
+    path = config_file(model={"conditional": ["glasses", "hat", "smile>median"], "condition_encoder": True})
+    train.main(["--config", str(path)])
+    evaluate.main(["--config", str(path), "--fid-samples", "8", f"paths.results_dir={tmp_path / 'eval'}"])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert np.isfinite(metrics["z_mean"]["total"]) and metrics["reconstruction"]["ssim"] > 0
+    assert metrics["generative"]["gmm_vs_test"]["fid"] > 0 and metrics["generative"]["recon_vs_test"]["fid"] > 0
+
+
+def test_labels_for_a_split_without_them_come_from_the_labeller_and_draws_follow_the_training_rows(tmp_path):
+    from src.conditioning import drawn_labels, labels_for
+    from src.synthetic import FACTOR_NAMES, generate_faces
+    faces, factors = generate_faces(40, seed=0, image_size=16)
+    factors = factors.astype(np.float32)
+    factors[30:] = np.nan  # ten training images without labels
+    train_set = ImageSplit(faces, [str(i) for i in range(40)], factors, list(FACTOR_NAMES), "syn")
+    y = labels_for(["glasses", "hat"], train_set, train_set, tmp_path, torch.device("cpu"))
+    assert y.shape == (40, 2) and not np.isnan(y).any() and list(tmp_path.glob("labeller-*.pt"))
+    assert np.array_equal(y[:30], factors[:30][:, [FACTOR_NAMES.index("glasses"), FACTOR_NAMES.index("hat")]])
+    draws = drawn_labels(["glasses", "hat"], train_set, 500, seed=1)
+    assert draws.shape == (500, 2) and abs(draws[:, 0].mean() - y[:30, 0].mean()) < 0.1
