@@ -34,6 +34,7 @@ from src.files import file_digest
 from src.latent import decode, encode
 
 METHODS = ("mean", "normal", "conditional")
+LABEL = "label"              # a conditional model's edit: set the attribute's label in y (src/latent.py's codes)
 DEFAULT_METHOD, DEFAULT_TARGET = "conditional", 0.999   # chosen by measurement: docs/experiments/edits.md
 RELIABLE_ACCURACY = 0.85     # preservation counts the attributes the judge reads at least this accurately
 CLASSIFIER_C = 1.0           # inverse L2 strength of the latent logistic regressions (scikit-learn's default)
@@ -47,9 +48,24 @@ class LatentAttributes:
     counts: np.ndarray       # (A, 2) images with, without
     weights: np.ndarray      # (A, D) logistic regression: logit = mu @ w + b
     biases: np.ndarray       # (A,)
+    conditioned: list[str] = field(default_factory=list)  # a conditional model's labels, the codes' last K entries
 
     def index(self, name: str) -> int:
         return self.names.index(name)
+
+    def label_column(self, name: str) -> int:
+        """Where `name`'s label sits in a conditional model's codes [z | y]."""
+        if name not in self.conditioned:
+            raise UserError(f"{name} is not one of this model's labels ({', '.join(self.conditioned) or 'none'}); "
+                            "edit it along a direction instead (--method conditional)")
+        return self.mean.shape[1] - len(self.conditioned) + self.conditioned.index(name)
+
+    def with_labels(self, conditioned: list[str]) -> "LatentAttributes":
+        """The same directions and classifiers for codes [z | y] of a conditional model: zero in the y
+        part, so direction edits move z only and a label edit moves y only."""
+        pad = lambda a: np.concatenate([a, np.zeros((len(a), len(conditioned)))], axis=1)
+        return LatentAttributes(self.names, pad(self.mean), self.counts, pad(self.weights), self.biases,
+                                list(conditioned))
 
     def logits(self, name: str, codes: np.ndarray) -> np.ndarray:
         a = self.index(name)
@@ -65,6 +81,8 @@ class Edit:
     keep: tuple[str, ...] = field(default_factory=tuple)
 
     def describe(self) -> str:
+        if self.method == LABEL:
+            return f"label to {self.strength:g}"
         how = f"to p = {self.target:g}" if self.target is not None else f"strength {self.strength:g}"
         keep = f", keeping {' '.join(self.keep)}" if self.method == "conditional" and self.keep else ""
         return f"{self.method} {how}{keep}"
@@ -180,9 +198,15 @@ def steps_to_target(codes: np.ndarray, weights: np.ndarray, bias: float, towards
 
 def edited(codes: np.ndarray, attrs: LatentAttributes, name: str, how: Edit, add: np.ndarray | bool = True
            ) -> np.ndarray:
-    """Codes (N, D) edited to add `name` (where `add`) or remove it (elsewhere), as `how` says."""
-    d = direction(attrs, name, how.method, how.keep)
+    """Codes (N, D) edited to add `name` (where `add`) or remove it (elsewhere), as `how` says. A label
+    edit sets the label to how.strength S where it adds and to 1 - S where it removes (S = 1: the
+    label's own values; a little more reaches past them)."""
     add = np.broadcast_to(np.asarray(add, dtype=bool), (len(codes),))
+    if how.method == LABEL:
+        moved = np.array(codes, dtype=np.float64)
+        moved[:, attrs.label_column(name)] = np.where(add, how.strength, 1 - how.strength)
+        return moved
+    d = direction(attrs, name, how.method, how.keep)
     if how.target is None:
         step = np.where(add, how.strength, -how.strength)
     else:
@@ -195,7 +219,12 @@ def edited(codes: np.ndarray, attrs: LatentAttributes, name: str, how: Edit, add
 def sweep(codes: np.ndarray, attrs: LatentAttributes, name: str, how: Edit, steps: int
           ) -> tuple[np.ndarray, list[str]]:
     """Codes (N, steps, D) for a figure and their column labels: strengths from -S to +S, or target
-    probabilities from 1 - P to P evenly spaced in logit."""
+    probabilities from 1 - P to P evenly spaced in logit, or labels from 1 - S to S."""
+    if how.method == LABEL:
+        values = np.linspace(1 - how.strength, how.strength, steps)
+        swept = np.repeat(np.asarray(codes, dtype=np.float64)[:, None, :], steps, axis=1)
+        swept[:, :, attrs.label_column(name)] = values
+        return swept, [f"y = {v:.2f}" for v in values]
     d = direction(attrs, name, how.method, how.keep)
     if how.target is None:
         strengths = np.linspace(-how.strength, how.strength, steps)
@@ -216,12 +245,18 @@ def slider_codes(codes: np.ndarray, attrs: LatentAttributes, values: dict[str, f
     edited() to P and to 1 - P, its middle is the face as it is. With a strength S (target None),
     v moves v * S directions. Every slider's step is measured from the unedited codes and the steps
     add up; the conditional method keeps the other sliders' attributes (their classifiers do not
-    move), so every attribute ends where its own slider says whatever the others do."""
+    move), so every attribute ends where its own slider says whatever the others do. The label method
+    (a conditional model) moves the label the fraction |v| of the way from the face's own to S or
+    1 - S (S = strength, default 1), and nothing else."""
     moved = codes.astype(np.float64, copy=True)
     for name, v in values.items():
         if not -1 <= v <= 1:
             raise UserError(f"slider value of {name} must be between -1 and 1, got {v}")
         if v == 0:
+            continue
+        if method == LABEL:  # from the face's own label to S (v = 1) or to 1 - S (v = -1)
+            column, end = attrs.label_column(name), (strength or 1.0) if v > 0 else 1 - (strength or 1.0)
+            moved[:, column] += abs(v) * (end - codes[:, column])
             continue
         d = direction(attrs, name, method, tuple(k for k in values if k != name))
         if target is None:

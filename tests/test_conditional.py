@@ -9,7 +9,7 @@ from src.batches import Batches
 from src.checkpoint import load_trained
 from src.conditioning import VALIDATION_EVERY, condition_names, labelled_sets
 from src.dataset import ImageSplit
-from src.errors import ConfigError, run_cli
+from src.errors import ConfigError, UserError, run_cli
 from tests.conftest import make_celeba
 
 
@@ -151,3 +151,36 @@ def test_labels_for_a_split_without_them_come_from_the_labeller_and_draws_follow
     assert np.array_equal(y[:30], factors[:30][:, [FACTOR_NAMES.index("glasses"), FACTOR_NAMES.index("hat")]])
     draws = drawn_labels(["glasses", "hat"], train_set, 500, seed=1)
     assert draws.shape == (500, 2) and abs(draws[:, 0].mean() - y[:30, 0].mean()) < 0.1
+
+
+def test_codes_of_a_conditional_model_are_z_and_y_side_by_side():
+    from src.latent import decode, posterior_means
+    from src.model import ConvVAE
+    model = ConvVAE(latent_dim=4, hidden_dims=[8, 16], image_size=16, conditions=2).eval()
+    x, y = torch.rand(3, 3, 16, 16), torch.tensor([[1., 0.], [0., 1.], [1., 1.]])
+    with torch.no_grad():
+        codes = posterior_means(model, x, y)
+        assert codes.shape == (3, 6) and torch.equal(codes[:, 4:], y)
+        assert torch.equal(decode(model, codes), model.decode(codes[:, :4], y))
+    with pytest.raises(ValueError, match="need the images' labels"):
+        posterior_means(model, x)
+
+
+def test_a_label_edit_changes_only_the_chosen_label_and_directions_leave_the_labels_alone():
+    from src.editing import LABEL, Edit, LatentAttributes, edited, slider_codes, sweep
+    rng = np.random.default_rng(0)
+    plain = LatentAttributes(["Smiling", "Male"], rng.normal(size=(2, 4)), np.array([[5, 5], [5, 5]]),
+                             rng.normal(size=(2, 4)), np.zeros(2))
+    attrs = plain.with_labels(["Smiling", "Male"])
+    codes = np.concatenate([rng.normal(size=(3, 4)), [[0, 1], [1, 0], [0, 0]]], axis=1)
+    assert np.allclose(attrs.logits("Male", codes), plain.logits("Male", codes[:, :4]))
+    added = edited(codes, attrs, "Smiling", Edit(LABEL, strength=1.2), add=np.array([True, False, True]))
+    assert np.allclose(added[:, 4], [1.2, -0.2, 1.2]) and np.array_equal(np.delete(added, 4, 1), np.delete(codes, 4, 1))
+    moved = edited(codes, attrs, "Smiling", Edit("mean", 1.0))
+    assert np.array_equal(moved[:, 4:], codes[:, 4:]) and not np.allclose(moved[:, :4], codes[:, :4])
+    swept, columns = sweep(codes, attrs, "Male", Edit(LABEL, strength=1.0), 3)
+    assert swept.shape == (3, 3, 6) and np.allclose(swept[0, :, 5], [0, 0.5, 1]) and columns[-1] == "y = 1.00"
+    half = slider_codes(codes, attrs, {"Male": 0.5}, LABEL)
+    assert np.allclose(half[:, 5], [1, 0.5, 0.5]) and np.array_equal(half[:, :5], codes[:, :5])
+    with pytest.raises(UserError, match="Eyeglasses is not one of this model's labels"):
+        edited(codes, attrs, "Eyeglasses", Edit(LABEL))
