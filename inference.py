@@ -61,10 +61,12 @@ from typing import Sequence
 import torch
 
 from src.attributes import held_out, indicators, resolve
+from src.batches import iterate_batches
 from src.cli import argument_parser, trained_model
+from src.conditioning import LabelledCodes, drawn_labels, labelled_codes
 from src.config import Config
 from src.dataset import ImageSplit, load_split
-from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, METHODS, latent_attributes
+from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, LABEL, METHODS, LatentAttributes, latent_attributes
 from src.errors import DataError, UserError, run_cli
 from src.faces import NoFaceFound, trained_on_aligned_faces
 from src.files import ensure_writable_dir
@@ -111,9 +113,10 @@ def parse_args(argv: Sequence[str] | None):
                              "was trained on aligned photos, i.e. CelebA or a folder with data.align)")
     parser.add_argument("--edit", nargs="+", metavar="ATTR", default=None,
                         help="attributes to add and remove (names as the data labels them, e.g. Smiling, glasses)")
-    parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+    parser.add_argument("--method", choices=(*METHODS, LABEL), default=DEFAULT_METHOD,
                         help="edit direction: mean difference, the latent classifier's normal, or that normal with "
-                             f"the --keep attributes' normals projected out (default {DEFAULT_METHOD})")
+                             f"the --keep attributes' normals projected out (default {DEFAULT_METHOD}); label: a "
+                             "conditional model's label, set to --strength S (default 1) or 1 - S")
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET,
                         help="move each face until the latent classifier gives this probability of the attribute "
                              f"(1 - P to remove it; default {DEFAULT_TARGET}); the figure runs from 1 - P to P")
@@ -201,8 +204,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_threads(cfg.train.threads, model.device)  # "auto" tunes on the encoder and edit-judge batches
     print(f"{checkpoint} (epoch {state.get('epoch')}), {cfg.data.image_size}x{cfg.data.image_size} images, "
           f"latent {model.latent_dim}")
-    needs_train = (args.sampler == "gmm" or args.edit) and (shipped is None or args.judge)
+    needs_train = (args.sampler == "gmm" or args.edit or model.conditions) and (shipped is None or args.judge)
     train = load_split(cfg, "train") if needs_train else None
+    if model.conditions:  # seen through its codes [z | y], with the labeller's labels of every image
+        model = labelled_codes(model, cfg.model.conditional, train, cfg.data.cache_dir)
     if args.edit:  # unknown names and unlabelled data fail here, before anything is written
         resolve(args.edit + (args.keep or []), shipped.attrs.names if shipped else indicators(train)[1])
     bs, written = cfg.train.batch_size, []
@@ -210,8 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         gmm = (shipped.gmm if shipped else training_gmm(model, checkpoint, train.images, train.data_id,
                                                          cfg.data.cache_dir, bs, model.device)) \
             if args.sampler == "gmm" else None
-        samples, path = write_samples(model, latent_codes(args.sampler, args.n, model.latent_dim, args.seed, gmm,
-                                                          args.temperature), out_dir)
+        samples, path = write_samples(model, sampled_codes(args, model, cfg, train, gmm), out_dir)
         written.append(path)
         split = None if photos is not None else images_of(cfg, args.split, optional=shipped is not None)
         if photos is not None:
@@ -262,12 +266,12 @@ def write_edit_figures(args, model, cfg: Config, checkpoint: Path, train, split,
                        photos: Photos | None, shipped: Pretrained | None, out_dir: Path) -> list[Path]:
     """edits.png/.gif, photo_edits.png for --images and, with --judge, edits.json. A pretrained file's
     directions need no data; the judge always does."""
-    plan = EditPlan(args.method, args.target, args.strength, args.keep)
+    labels = cfg.model.conditional
+    plan = EditPlan(args.method, args.target, args.strength, args.keep, labels)
     held = None
     if shipped is None or args.judge:
         held = held_out(args.split, split if split is not None else load_split(cfg, args.split), train)
-    attrs = shipped.attrs if shipped else latent_attributes(model, checkpoint, train, held.fit_rows,
-                                                            cfg.data.cache_dir, cfg.train.batch_size, model.device)
+    attrs = shipped.attrs if shipped else fitted_attributes(model, cfg, checkpoint, train, held.fit_rows)
     names = resolve(args.edit, attrs.names)  # an attribute without both sides has no direction
     written = write_edits(model, names, attrs, sources, source, plan, args.edit_steps, out_dir)
     if photos is not None:
@@ -275,6 +279,27 @@ def write_edit_figures(args, model, cfg: Config, checkpoint: Path, train, split,
     if args.judge:
         written.append(write_edit_report(model, cfg, checkpoint, train, held, args.split, names, attrs, plan, out_dir))
     return written
+
+
+def sampled_codes(args, model, cfg: Config, train, gmm: dict | None) -> torch.Tensor:
+    """--n codes of --sampler; a conditional model's prior samples take label rows drawn from the training
+    labels (the GMM, fitted to the codes [z | y], draws both)."""
+    codes = latent_codes(args.sampler, args.n, model.latent_dim, args.seed, gmm, args.temperature)
+    if isinstance(model, LabelledCodes) and args.sampler == "prior":
+        codes[:, model.vae.latent_dim:] = torch.from_numpy(drawn_labels(cfg.model.conditional, train, args.n,
+                                                                        args.seed))
+    return codes
+
+
+def fitted_attributes(model, cfg: Config, checkpoint: Path, train, fit_rows) -> LatentAttributes:
+    """The attribute directions and latent classifiers of the training codes; a conditional model's are
+    fitted on z alone (with the labeller's labels) and leave the codes' labels to label edits."""
+    bs, cache_dir = cfg.train.batch_size, cfg.data.cache_dir
+    if not isinstance(model, LabelledCodes):
+        return latent_attributes(model, checkpoint, train, fit_rows, cache_dir, bs, model.device)
+    y = torch.cat([model.labels(x) for x in iterate_batches(train.images, bs, model.device)]).cpu().numpy()
+    return latent_attributes(model.vae, checkpoint, train, fit_rows, cache_dir, bs, model.device,
+                             model_labels=y).with_labels(cfg.model.conditional)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The labels a conditional VAE is trained on (model.conditional): which attributes, which images.
+"""The labels of a conditional VAE (model.conditional): which attributes and images it trains on, the
+labels of images that have none, and the model seen through its codes [z | y].
 
 A conditional model's decoder takes y, the chosen attributes as 0/1 indicators (src/attributes.py).
 Training uses the images whose chosen labels are all known, minus the held-out tenth of the labelled
@@ -12,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from src.attributes import binarize, held_out_mask, indicators
 from src.config import ALL_LABELS
 from src.dataset import ImageSplit
 from src.errors import ConfigError
-from src.judge import judge_probabilities, trained_judge
+from src.judge import Judge, judge_probabilities, trained_judge
+from src.model import ConvVAE
 
 VALIDATION_EVERY = 20   # when the val split has no labels: every 20th usable training image validates
 
@@ -121,3 +124,43 @@ def labelled_rows(names: list[str], train: ImageSplit) -> np.ndarray:
     all_labels, all_names = indicators(train)
     labels = all_labels[:, [all_names.index(name) for name in names]]
     return labels[~np.isnan(labels).any(axis=1)].astype(np.float32)
+
+
+class LabelledCodes(nn.Module):
+    """A conditional VAE seen through its codes [z | y] (D + K numbers), so that every tool that moves
+    codes (morphs, the GMM sampler, edits, the editor) works on it unchanged: encode(x) gives mu and
+    the labeller's labels of x side by side, decode([z | y]) draws z with the labels y. A label edit
+    moves the y part (src/editing.py's "label" method); the other labels stay the photo's own."""
+
+    def __init__(self, vae: ConvVAE, labeller: Judge, columns: list[int]):
+        super().__init__()
+        self.vae, self.labeller, self.columns = vae, labeller, columns
+        self.latent_dim, self.conditions = vae.latent_dim + vae.conditions, 0
+        self.codes_of = "zy"  # what its codes are, for the caches fitted to them (src/latent.py)
+
+    @property
+    def device(self) -> torch.device:
+        return self.vae.device
+
+    @torch.no_grad()
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        """The labeller's 0/1 decisions on images in [0, 1]: (N, K)."""
+        return (torch.sigmoid(self.labeller(x.to(self.device)))[:, self.columns] > 0.5).float()
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """([mu | y], [logvar | 0]) of images in [0, 1], y the given labels or else the labeller's."""
+        y = self.labels(x) if y is None else y.to(self.device).float()
+        mu, logvar = self.vae.encode(x, y)
+        return torch.cat([mu, y], dim=1), torch.cat([logvar, torch.zeros_like(y)], dim=1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        d = self.vae.latent_dim
+        return self.vae.decode(codes[:, :d], codes[:, d:])
+
+
+def labelled_codes(vae: ConvVAE, names: list[str], train: ImageSplit, cache_dir: str | Path) -> LabelledCodes:
+    """LabelledCodes of a conditional VAE, with the labeller of its training data (trained once, cached)."""
+    all_labels, all_names = indicators(train)
+    labeller = trained_judge(train.images, all_labels, all_names, train.data_id, cache_dir, vae.device,
+                             role="labeller")
+    return LabelledCodes(vae, labeller, [all_names.index(name) for name in names]).eval()

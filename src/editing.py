@@ -124,18 +124,23 @@ def mean_difference(codes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
 
 
 def latent_attributes(model, checkpoint: str | Path, train: ImageSplit, fit_rows: np.ndarray,
-                      cache_dir: str | Path, batch_size: int, device: torch.device) -> LatentAttributes:
+                      cache_dir: str | Path, batch_size: int, device: torch.device,
+                      model_labels: np.ndarray | None = None) -> LatentAttributes:
     """Directions and classifiers of every attribute, fitted on the training rows `fit_rows` (the
     held-out ones excluded), once per checkpoint and data (cached under cache_dir). Attributes
-    without both sides among the fitted rows are left out."""
+    without both sides among the fitted rows are left out. model_labels: a conditional model's y of
+    every training image (its mu depends on them when its encoder sees them)."""
     labels, names = indicators(train)
     rows_digest = hashlib.sha256(np.asarray(fit_rows, dtype=np.int64).tobytes()).hexdigest()[:16]
     key = {"checkpoint": file_digest(checkpoint), "data": train.data_id, "names": names, "rows": rows_digest,
-           "c": CLASSIFIER_C, "version": 2}
-    path = Path(cache_dir) / f"directions-{key['checkpoint'][:16]}-{train.data_id[:12]}-{rows_digest[:8]}.npz"
+           "c": CLASSIFIER_C, "version": 2,
+           **({"y": hashlib.sha256(model_labels.tobytes()).hexdigest()[:16]} if model_labels is not None else {})}
+    path = Path(cache_dir) / (f"directions-{key['checkpoint'][:16]}-{train.data_id[:12]}-{rows_digest[:8]}"
+                              f"{'-y' if model_labels is not None else ''}.npz")
 
     def compute() -> dict[str, np.ndarray]:
-        mu, _ = encode(model, train.images, batch_size, device, desc="encoding train for attribute directions")
+        mu, _ = encode(model, train.images, batch_size, device, desc="encoding train for attribute directions",
+                       labels=model_labels)
         codes, fit_labels = mu[fit_rows].astype(np.float64), labels[fit_rows]
         mean, counts = mean_difference(codes, fit_labels)
         labelled = int((~np.isnan(fit_labels).all(axis=1)).sum())

@@ -79,9 +79,11 @@ def training_gmm(model: ConvVAE, checkpoint: str | Path, train_images: np.ndarra
                  components: int = GMM_COMPONENTS, covariance: str = GMM_COVARIANCE) -> dict[str, np.ndarray]:
     """The mixture fitted to the posterior means of the training images (`codes`, if the caller has
     them already), once per checkpoint and data."""
+    codes_of = getattr(model, "codes_of", "")  # e.g. a conditional model's [z | y]: another mixture
     key = {"checkpoint": file_digest(checkpoint), "data": data_id, "components": components,
-           "covariance": covariance, "version": 1}
-    path = Path(cache_dir) / f"gmm-{key['checkpoint'][:16]}-{data_id[:12]}-{components}{covariance}.npz"
+           "covariance": covariance, "version": 1, **({"codes": codes_of} if codes_of else {})}
+    path = Path(cache_dir) / (f"gmm-{key['checkpoint'][:16]}-{data_id[:12]}-{components}{covariance}"
+                              f"{'-' + codes_of if codes_of else ''}.npz")
 
     def fit() -> dict[str, np.ndarray]:
         mu = codes if codes is not None else encode(model, train_images, batch_size, device,
@@ -103,32 +105,17 @@ def latent_codes(sampler: str, n: int, latent_dim: int, seed: int, gmm: dict | N
 
 # --------------------------------------------------------------------------- codes <-> images, paths, traversals
 
-# A conditional model's code is its z and its labels y side by side, (..., D + K): morphs, samples,
-# edits and the editor move codes, and a label edit is a move of the y part.
-
 def decode(model: ConvVAE, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Images decoded from codes of any leading shape (..., D) (a conditional model's: (..., D + K)), on
-    the CPU, shape (..., 3, S, S)."""
-    device, conditional = model.device, getattr(model, "conditions", 0)  # any decoder of codes will do
-    flat = z.reshape(-1, z.shape[-1]).float()
-
-    def chunk(c: torch.Tensor) -> torch.Tensor:
-        c = c.to(device)
-        return model.decode(c[:, :model.latent_dim], c[:, model.latent_dim:]) if conditional else model.decode(c)
-
-    images = torch.cat([chunk(flat[i:i + batch_size]).cpu() for i in range(0, len(flat), batch_size)])
+    """Images decoded from codes of any leading shape (..., D), on the CPU, shape (..., 3, S, S)."""
+    device = model.device
+    flat = z.reshape(-1, z.shape[-1])
+    images = torch.cat([model.decode(flat[i:i + batch_size].to(device)).cpu() for i in range(0, len(flat), batch_size)])
     return images.reshape(*z.shape[:-1], *images.shape[1:])
 
 
-def posterior_means(model: ConvVAE, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """The codes of images in [0, 1] (N, 3, S, S), on the CPU: mu, or for a conditional model mu and
-    the images' labels y (N, K) side by side."""
-    if not model.conditions:
-        return model.encode(x.to(model.device))[0].cpu()
-    if labels is None:
-        raise ValueError("a conditional model's codes need the images' labels")
-    y = torch.as_tensor(labels, dtype=torch.float32)
-    return torch.cat([model.encode(x.to(model.device), y.to(model.device))[0].cpu(), y], dim=1)
+def posterior_means(model: ConvVAE, x: torch.Tensor) -> torch.Tensor:
+    """mu of images in [0, 1] (N, 3, S, S), on the CPU."""
+    return model.encode(x.to(model.device))[0].cpu()
 
 
 def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, spherical: bool = False) -> torch.Tensor:

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from src.attributes import HeldOut, indicators
 from src.config import Config
 from src.dataset import ImageSplit, load_split
-from src.editing import RELIABLE_ACCURACY, Edit, LatentAttributes, edited, score_edits, sweep
+from src.editing import LABEL, RELIABLE_ACCURACY, Edit, LatentAttributes, edited, score_edits, sweep
 from src.errors import DataError
 from src.faces import Face, describe, model_input, open_photo, small_face_warning
 from src.figures import labelled_grid, save_image_grid, sweep_gif
@@ -27,6 +27,7 @@ from src.judge import accuracy, trained_judge
 from src.latent import TRAVERSE_RANGE, decode, dims_by_kl, encode, morph_rows, posterior_means, traversal_codes
 
 RECON_IMAGES, RECON_ROW = 16, 8      # reconstructions.png: 2 blocks of 8
+LABEL_STRENGTHS = (1.0, 2.0)         # label edits judged: to the label's value, and past it
 EDIT_JUDGE_IMAGES = 1000             # at most this many held-out images per attribute for edits.json
 PHOTO_PANEL = 192                    # pixels per image in photo_edits.png
 
@@ -145,10 +146,13 @@ class EditPlan:
     target: float
     strength: float | None = None
     keep: Sequence[str] | None = None
+    labels: Sequence[str] = ()           # a conditional model's labels (its codes are [z | y])
 
     def edit(self, name: str, edited_names: Sequence[str]) -> Edit:
         """The edit the figures show for attribute `name`."""
         keep = tuple(k for k in (self.keep if self.keep is not None else edited_names) if k != name)
+        if self.method == LABEL:
+            return Edit(LABEL, strength=self.strength or 1.0)
         if self.strength is not None:
             return Edit(self.method, strength=self.strength, keep=keep)
         return Edit(self.method, strength=None, target=self.target, keep=keep)
@@ -161,6 +165,8 @@ class EditPlan:
                  f"mean to p={self.target:g}": Edit("mean", None, self.target),
                  f"normal to p={self.target:g}": Edit("normal", None, self.target),
                  f"conditional to p={self.target:g}": Edit("conditional", None, self.target, shown.keep)}
+        if name in self.labels:  # a conditional model: its own label, at its value and past it
+            edits |= {f"label to {s:g}": Edit(LABEL, s) for s in LABEL_STRENGTHS}
         if shown not in edits.values():
             edits[shown.describe()] = shown
         return edits

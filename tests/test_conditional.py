@@ -153,17 +153,23 @@ def test_labels_for_a_split_without_them_come_from_the_labeller_and_draws_follow
     assert draws.shape == (500, 2) and abs(draws[:, 0].mean() - y[:30, 0].mean()) < 0.1
 
 
-def test_codes_of_a_conditional_model_are_z_and_y_side_by_side():
+def test_a_conditional_model_seen_through_its_codes_encodes_mu_and_the_labellers_labels():
+    from src.conditioning import LabelledCodes
+    from src.judge import Judge
     from src.latent import decode, posterior_means
     from src.model import ConvVAE
-    model = ConvVAE(latent_dim=4, hidden_dims=[8, 16], image_size=16, conditions=2).eval()
-    x, y = torch.rand(3, 3, 16, 16), torch.tensor([[1., 0.], [0., 1.], [1., 1.]])
+    vae = ConvVAE(latent_dim=4, hidden_dims=[8, 16], image_size=16, conditions=2, condition_encoder=True).eval()
+    labeller = Judge(3).eval()
+    torch.nn.init.zeros_(labeller.head.weight)
+    labeller.head.bias.data = torch.tensor([5.0, -5.0, 5.0])  # decides 1, 0, 1 on every image
+    model = LabelledCodes(vae, labeller, [2, 1])
+    x = torch.rand(3, 3, 16, 16)
     with torch.no_grad():
-        codes = posterior_means(model, x, y)
+        codes = posterior_means(model, x)
+        y = torch.tensor([[1.0, 0.0]] * 3)
         assert codes.shape == (3, 6) and torch.equal(codes[:, 4:], y)
-        assert torch.equal(decode(model, codes), model.decode(codes[:, :4], y))
-    with pytest.raises(ValueError, match="need the images' labels"):
-        posterior_means(model, x)
+        assert torch.equal(codes[:, :4], vae.encode(x, y)[0])
+        assert torch.equal(decode(model, codes), vae.decode(codes[:, :4], y))
 
 
 def test_a_label_edit_changes_only_the_chosen_label_and_directions_leave_the_labels_alone():
@@ -184,3 +190,22 @@ def test_a_label_edit_changes_only_the_chosen_label_and_directions_leave_the_lab
     assert np.allclose(half[:, 5], [1, 0.5, 0.5]) and np.array_equal(half[:, :5], codes[:, :5])
     with pytest.raises(UserError, match="Eyeglasses is not one of this model's labels"):
         edited(codes, attrs, "Eyeglasses", Edit(LABEL))
+
+
+def test_inference_edits_a_conditional_model_by_label_and_judges_it_beside_the_directions(config_file, tmp_path):
+    import json
+
+    import inference
+    path = config_file(model={"conditional": ["glasses", "hat"]}, train={"epochs": 2})
+    train.main(["--config", str(path)])
+    out = tmp_path / "inference"
+    for sampler in ("prior", "gmm"):
+        inference.main(["--config", str(path), "--edit", "glasses", "hat", "--method", "label", "--judge",
+                        "--sampler", sampler, "--traverse", f"paths.results_dir={out}"])
+    report = json.loads((out / "inference_test_set" / "edits.json").read_text())
+    methods = report["attributes"]["glasses"]["methods"]
+    assert {"label to 1", "label to 2", "conditional to p=0.999"} <= set(methods)
+    assert all(0 <= m["success"] <= 1 for m in methods.values())
+    assert methods["label to 1"]["latent_distance"] > 0  # the label moved, z did not
+    for figure in ("samples.png", "edits.png", "morph.png", "traversals.png"):
+        assert (out / "inference_test_set" / figure).stat().st_size > 0
