@@ -61,12 +61,11 @@ from typing import Sequence
 import torch
 
 from src.attributes import held_out, indicators, resolve
-from src.batches import iterate_batches
 from src.cli import argument_parser, trained_model
-from src.conditioning import LabelledCodes, drawn_labels, labelled_codes
+from src.conditioning import LabelledCodes, code_attributes, drawn_labels, labelled_codes
 from src.config import Config
 from src.dataset import ImageSplit, load_split
-from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, LABEL, METHODS, LatentAttributes, latent_attributes
+from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, LABEL, METHODS
 from src.errors import DataError, UserError, run_cli
 from src.faces import NoFaceFound, trained_on_aligned_faces
 from src.files import ensure_writable_dir
@@ -182,6 +181,8 @@ def serve_editor(args) -> None:
     except PortUnavailable as e:
         raise PortUnavailable(f"{e}; pass another --port or --host") from None
     model, cfg, state, checkpoint = trained_model(args)
+    if model.conditions:  # seen through its codes [z | y], with the labeller's labels of every image
+        model = labelled_codes(model, cfg.model.conditional, load_split(cfg, "train"), cfg.data.cache_dir)
     configure_threads(cfg.train.threads, model.device, measure_alone=True)  # tunes on decodes
     print(f"{checkpoint} (epoch {state.get('epoch')}), {cfg.data.image_size}x{cfg.data.image_size} images, "
           f"latent {model.latent_dim}; photos {'aligned like CelebA' if aligns(args, cfg) else 'not aligned'}")
@@ -271,7 +272,8 @@ def write_edit_figures(args, model, cfg: Config, checkpoint: Path, train, split,
     held = None
     if shipped is None or args.judge:
         held = held_out(args.split, split if split is not None else load_split(cfg, args.split), train)
-    attrs = shipped.attrs if shipped else fitted_attributes(model, cfg, checkpoint, train, held.fit_rows)
+    attrs = shipped.attrs if shipped else code_attributes(model, checkpoint, train, held.fit_rows, cfg.data.cache_dir,
+                                                          cfg.train.batch_size)
     names = resolve(args.edit, attrs.names)  # an attribute without both sides has no direction
     written = write_edits(model, names, attrs, sources, source, plan, args.edit_steps, out_dir)
     if photos is not None:
@@ -289,17 +291,6 @@ def sampled_codes(args, model, cfg: Config, train, gmm: dict | None) -> torch.Te
         codes[:, model.vae.latent_dim:] = torch.from_numpy(drawn_labels(cfg.model.conditional, train, args.n,
                                                                         args.seed))
     return codes
-
-
-def fitted_attributes(model, cfg: Config, checkpoint: Path, train, fit_rows) -> LatentAttributes:
-    """The attribute directions and latent classifiers of the training codes; a conditional model's are
-    fitted on z alone (with the labeller's labels) and leave the codes' labels to label edits."""
-    bs, cache_dir = cfg.train.batch_size, cfg.data.cache_dir
-    if not isinstance(model, LabelledCodes):
-        return latent_attributes(model, checkpoint, train, fit_rows, cache_dir, bs, model.device)
-    y = torch.cat([model.labels(x) for x in iterate_batches(train.images, bs, model.device)]).cpu().numpy()
-    return latent_attributes(model.vae, checkpoint, train, fit_rows, cache_dir, bs, model.device,
-                             model_labels=y).with_labels(cfg.model.conditional)
 
 
 if __name__ == "__main__":

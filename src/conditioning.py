@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from src.attributes import binarize, held_out_mask, indicators
+from src.batches import iterate_batches
 from src.config import ALL_LABELS
 from src.dataset import ImageSplit
+from src.editing import LatentAttributes, latent_attributes
 from src.errors import ConfigError
 from src.judge import Judge, judge_probabilities, trained_judge
 from src.model import ConvVAE
@@ -132,9 +134,9 @@ class LabelledCodes(nn.Module):
     the labeller's labels of x side by side, decode([z | y]) draws z with the labels y. A label edit
     moves the y part (src/editing.py's "label" method); the other labels stay the photo's own."""
 
-    def __init__(self, vae: ConvVAE, labeller: Judge, columns: list[int]):
+    def __init__(self, vae: ConvVAE, labeller: Judge, columns: list[int], names: list[str]):
         super().__init__()
-        self.vae, self.labeller, self.columns = vae, labeller, columns
+        self.vae, self.labeller, self.columns, self.names = vae, labeller, columns, list(names)
         self.latent_dim, self.conditions = vae.latent_dim + vae.conditions, 0
         self.codes_of = "zy"  # what its codes are, for the caches fitted to them (src/latent.py)
 
@@ -163,4 +165,16 @@ def labelled_codes(vae: ConvVAE, names: list[str], train: ImageSplit, cache_dir:
     all_labels, all_names = indicators(train)
     labeller = trained_judge(train.images, all_labels, all_names, train.data_id, cache_dir, vae.device,
                              role="labeller")
-    return LabelledCodes(vae, labeller, [all_names.index(name) for name in names]).eval()
+    return LabelledCodes(vae, labeller, [all_names.index(name) for name in names], names).eval()
+
+
+def code_attributes(model, checkpoint: str | Path, train: ImageSplit, fit_rows: np.ndarray, cache_dir: str | Path,
+                    batch_size: int) -> LatentAttributes:
+    """The attribute directions and latent classifiers of a model's training codes (src/editing.py); a
+    conditional model's (LabelledCodes) are fitted on z alone, with the labeller's labels, and leave
+    the codes' labels to label edits."""
+    if not isinstance(model, LabelledCodes):
+        return latent_attributes(model, checkpoint, train, fit_rows, cache_dir, batch_size, model.device)
+    y = torch.cat([model.labels(x) for x in iterate_batches(train.images, batch_size, model.device)]).cpu().numpy()
+    return latent_attributes(model.vae, checkpoint, train, fit_rows, cache_dir, batch_size, model.device,
+                             model_labels=y).with_labels(model.names)

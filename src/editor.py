@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from src.config import Config
-from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, METHODS
+from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, LABEL, METHODS
 from src.errors import UserError
 from src.faces import MAX_PHOTO_PIXELS
 from src.latent import SAMPLERS, TRAVERSE_RANGE
@@ -193,7 +193,8 @@ def create_app(model, cfg: Config, checkpoint: str | Path, align: bool, fitted: 
         return {"checkpoint": Path(checkpoint).name, "model": model_name(Path(checkpoint)),
                 "serve_another": "python inference.py --serve --checkpoint PATH", "image_size": cfg.data.image_size,
                 "align": align,
-                "attributes": names, "shown": first_shown(names), "methods": list(METHODS), "method": method,
+                "attributes": names, "shown": first_shown(names), "methods": list(METHODS) + ([LABEL] if studio.fitted.attrs is not None and studio.fitted.attrs.conditioned
+                                                else []), "method": method,
                 "target": target, "samplers": [s for s in SAMPLERS if s != "gmm" or studio.fitted.gmm is not None],
                 "dims": studio.fitted.dims, "traverse_range": TRAVERSE_RANGE, "notes": studio.fitted.notes,
                 "max_upload_bytes": MAX_UPLOAD_BYTES, "max_photo_pixels": MAX_PHOTO_PIXELS}

@@ -15,9 +15,10 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from src.attributes import held_out, resolve
+from src.conditioning import LabelledCodes, code_attributes, labelled_rows
 from src.config import Config
 from src.dataset import load_split
-from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, METHODS, LatentAttributes, latent_attributes, slider_codes
+from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, LABEL, METHODS, LatentAttributes, slider_codes
 from src.errors import UserError
 from src.faces import PHOTO_FORMATS, describe, model_input, open_photo, small_face_warning
 from src.images import to_float, to_uint8
@@ -52,6 +53,7 @@ class Fitted:
     gmm: dict | None
     dims: list[tuple[int, float | None]]
     notes: list[str] = field(default_factory=list)
+    label_rows: np.ndarray | None = None  # a conditional model: the training labels its prior samples draw from
 
 
 def fit(model, cfg: Config, checkpoint: Path) -> Fitted:
@@ -68,13 +70,14 @@ def fit(model, cfg: Config, checkpoint: Path) -> Fitted:
     gmm = training_gmm(model, checkpoint, train.images, train.data_id, cfg.data.cache_dir, bs, device)
     try:
         held = held_out("test", test, train)  # inference.py's default split: the same cached directions
-        attrs = latent_attributes(model, checkpoint, train, held.fit_rows, cfg.data.cache_dir, bs, device)
+        attrs = code_attributes(model, checkpoint, train, held.fit_rows, cfg.data.cache_dir, bs)
     except UserError as e:
         notes.append(f"no edits: {e}")
     ranked = test if len(test) else train
     rows = np.linspace(0, len(ranked) - 1, min(KL_IMAGES, len(ranked))).astype(int)
     mu, logvar = encode(model, np.asarray(ranked.images[rows]), bs, device, desc="ranking latent dimensions by KL")
-    return Fitted(attrs, gmm, dims_by_kl(mu, logvar, model.latent_dim), notes)
+    label_rows = labelled_rows(model.names, train) if isinstance(model, LabelledCodes) else None
+    return Fitted(attrs, gmm, dims_by_kl(mu, logvar, model.latent_dim), notes, label_rows)
 
 
 def fitted_for(model, cfg: Config, checkpoint: Path) -> Fitted:
@@ -119,7 +122,7 @@ class PickRequest(SampleRequest):
 
 class EditRequest(BaseModel):
     values: dict[str, float] = Field(default_factory=dict, max_length=256)
-    method: Literal[METHODS] = DEFAULT_METHOD
+    method: Literal[(*METHODS, LABEL)] = DEFAULT_METHOD
     target: float | None = Field(DEFAULT_TARGET, gt=0.5, lt=1)   # None: strength
     strength: float | None = Field(None, gt=0, le=10)
 
@@ -175,8 +178,13 @@ class Studio:
     def codes(self, request: SampleRequest) -> torch.Tensor:
         if request.sampler == "gmm" and self.fitted.gmm is None:
             raise UserError("the GMM sampler needs the training data, which this server could not read; use prior")
-        return latent_codes(request.sampler, request.n, self.model.latent_dim, request.seed, self.fitted.gmm,
-                            request.temperature)
+        codes = latent_codes(request.sampler, request.n, self.model.latent_dim, request.seed, self.fitted.gmm,
+                             request.temperature)
+        rows = self.fitted.label_rows
+        if rows is not None and request.sampler == "prior":  # a conditional model: labels as in the training data
+            draws = np.random.default_rng(request.seed).integers(0, len(rows), request.n)
+            codes[:, -rows.shape[1]:] = torch.from_numpy(rows[draws])
+        return codes
 
     def generated(self, request: PickRequest) -> tuple[np.ndarray, dict]:
         if request.index >= request.n:

@@ -162,7 +162,7 @@ def test_a_conditional_model_seen_through_its_codes_encodes_mu_and_the_labellers
     labeller = Judge(3).eval()
     torch.nn.init.zeros_(labeller.head.weight)
     labeller.head.bias.data = torch.tensor([5.0, -5.0, 5.0])  # decides 1, 0, 1 on every image
-    model = LabelledCodes(vae, labeller, [2, 1])
+    model = LabelledCodes(vae, labeller, [2, 1], ["c", "b"])
     x = torch.rand(3, 3, 16, 16)
     with torch.no_grad():
         codes = posterior_means(model, x)
@@ -209,3 +209,36 @@ def test_inference_edits_a_conditional_model_by_label_and_judges_it_beside_the_d
     assert methods["label to 1"]["latent_distance"] > 0  # the label moved, z did not
     for figure in ("samples.png", "edits.png", "morph.png", "traversals.png"):
         assert (out / "inference_test_set" / figure).stat().st_size > 0
+
+
+def test_the_editors_label_sliders_move_one_label_of_a_conditional_model_in_a_real_browser(config_file, page,
+                                                                                             tmp_path):
+    from types import SimpleNamespace
+
+    from src.conditioning import labelled_codes
+    from src.dataset import load_split
+    from src.editing import DEFAULT_TARGET, slider_codes
+    from src.editor import create_app
+    from src.studio import fit
+    from tests.conftest import face_like_image, serving
+    from tests.test_editor import LOADED, MOVE, close, code_of, decoded, open_editor, shown, slider
+    path = config_file(model={"conditional": ["glasses", "hat"]}, train={"epochs": 2})
+    train.main(["--config", str(path)])
+    vae, cfg, _, checkpoint = load_trained(None, str(path))
+    model = labelled_codes(vae, cfg.model.conditional, load_split(cfg, "train"), cfg.data.cache_dir)
+    fitted = fit(model, cfg, checkpoint)
+    with serving(create_app(model, cfg, checkpoint, align=False, fitted=fitted)) as url:
+        info = open_editor(page, url)
+        assert "label" in info["methods"] and "glasses" in info["shown"]
+        page.select_option("#method", "label")
+        photo = tmp_path / "face.jpg"
+        face_like_image(5).save(photo, quality=95)
+        page.set_input_files("#edit-file", str(photo))
+        page.wait_for_function(LOADED, arg="edit-output")
+        code = code_of(SimpleNamespace(cfg=cfg, model=model), photo.read_bytes())
+        page.evaluate(MOVE, [slider("glasses"), "edit-output", 100])
+        values = {n: 0.0 for n in info["shown"]} | {"glasses": 1.0}
+        expected = slider_codes(code[None], fitted.attrs, values, "label", DEFAULT_TARGET)[0]
+        column = fitted.attrs.label_column("glasses")
+        assert expected[column] == 1 and np.array_equal(np.delete(expected, column), np.delete(code, column))
+        assert close(shown(page, "edit-output"), decoded(model, expected))
