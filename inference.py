@@ -100,6 +100,11 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--sampler", choices=SAMPLERS, default="prior",
                         help="prior: z ~ N(0, T^2 I); gmm: a 10-component Gaussian mixture fitted to the training "
                              "set's posterior means (fitted once per checkpoint, cached under data.cache_dir)")
+    parser.add_argument("--with", dest="present", nargs="+", metavar="ATTR", default=[],
+                        help="a conditional model's samples have these attributes (their other labels drawn from "
+                             "the training images that have them)")
+    parser.add_argument("--without", dest="absent", nargs="+", metavar="ATTR", default=[],
+                        help="... and lack these")
     parser.add_argument("--split", choices=("test", "val", "train"), default="test",
                         help="images to reconstruct, morph and edit (default test)")
     parser.add_argument("--pairs", type=int, default=4, help="pairs of images to morph (default 4)")
@@ -284,12 +289,17 @@ def write_edit_figures(args, model, cfg: Config, checkpoint: Path, train, split,
 
 
 def sampled_codes(args, model, cfg: Config, train, gmm: dict | None) -> torch.Tensor:
-    """--n codes of --sampler; a conditional model's prior samples take label rows drawn from the training
-    labels (the GMM, fitted to the codes [z | y], draws both)."""
+    """--n codes of --sampler; a conditional model's prior samples, and any asked --with or --without
+    attributes, take label rows drawn from the training labels (the GMM, fitted to the codes [z | y],
+    draws both)."""
     codes = latent_codes(args.sampler, args.n, model.latent_dim, args.seed, gmm, args.temperature)
-    if isinstance(model, LabelledCodes) and args.sampler == "prior":
-        codes[:, model.vae.latent_dim:] = torch.from_numpy(drawn_labels(cfg.model.conditional, train, args.n,
-                                                                        args.seed))
+    if not isinstance(model, LabelledCodes):
+        if args.present or args.absent:
+            raise UserError("--with and --without need a conditional model (model.conditional), which this is not")
+        return codes
+    if args.sampler == "prior" or args.present or args.absent:
+        codes[:, model.vae.latent_dim:] = torch.from_numpy(drawn_labels(model.names, train, args.n, args.seed,
+                                                                        args.present, args.absent))
     return codes
 
 

@@ -10,6 +10,7 @@ VALIDATION_EVERY of the remaining training images validates instead and is left 
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from src.batches import iterate_batches
 from src.config import ALL_LABELS
 from src.dataset import ImageSplit
 from src.editing import LatentAttributes, latent_attributes
-from src.errors import ConfigError
+from src.errors import ConfigError, UserError
 from src.judge import Judge, judge_probabilities, trained_judge
 from src.model import ConvVAE
 
@@ -114,10 +115,20 @@ def labels_for(names: list[str], split: ImageSplit, train: ImageSplit, cache_dir
     return known.astype(np.float32)
 
 
-def drawn_labels(names: list[str], train: ImageSplit, n: int, seed: int = 0) -> np.ndarray:
-    """n label rows (n, K) drawn with replacement from the training images whose labels are all known:
-    samples of a conditional model then follow the joint distribution of the training labels."""
+def drawn_labels(names: list[str], train: ImageSplit, n: int, seed: int = 0, present: Sequence[str] = (),
+                 absent: Sequence[str] = ()) -> np.ndarray:
+    """n label rows (n, K) drawn with replacement from the training images whose labels are all known
+    (and who have the `present` attributes and lack the `absent` ones): samples of a conditional model
+    then follow the joint distribution of the training labels, given those."""
     labels = labelled_rows(names, train)
+    for wanted, value in ((present, 1), (absent, 0)):
+        for name in wanted:
+            if name not in names:
+                raise UserError(f"{name} is not one of this model's labels ({', '.join(names)})")
+            labels = labels[labels[:, names.index(name)] == value]
+    if not len(labels):
+        raise UserError(f"no training image has {' and '.join([*present, *(f'no {a}' for a in absent)])}: "
+                        "ask for fewer attributes")
     return labels[np.random.default_rng(seed).integers(0, len(labels), n)]
 
 

@@ -242,3 +242,29 @@ def test_the_editors_label_sliders_move_one_label_of_a_conditional_model_in_a_re
         column = fitted.attrs.label_column("glasses")
         assert expected[column] == 1 and np.array_equal(np.delete(expected, column), np.delete(code, column))
         assert close(shown(page, "edit-output"), decoded(model, expected))
+
+
+def test_samples_with_and_without_attributes_take_their_labels_from_training_images_that_have_them(config_file,
+                                                                                                 tmp_path, capsys):
+    import inference
+    from src.conditioning import drawn_labels
+    from src.dataset import load_split
+    path = config_file(model={"conditional": ["glasses", "hat"]})
+    train.main(["--config", str(path)])
+    cfg = load_trained(None, str(path)).cfg
+    rows = drawn_labels(["glasses", "hat"], load_split(cfg, "train"), 50, present=["glasses"], absent=["hat"])
+    assert (rows[:, 0] == 1).all() and (rows[:, 1] == 0).all()
+    inference.main(["--config", str(path), "--with", "glasses", "--without", "hat", "--n", "4",
+                    f"paths.results_dir={tmp_path}"])
+    assert (tmp_path / "inference_test_set" / "samples.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        run_cli(inference.main, ["--config", str(path), "--with", "smile>median", f"paths.results_dir={tmp_path}"])
+    assert "smile>median is not one of this model's labels (glasses, hat)" in capsys.readouterr().err
+
+
+def test_with_on_an_unconditional_model_is_a_one_line_error(trained, tmp_path, capsys):
+    import inference
+    with pytest.raises(SystemExit):
+        run_cli(inference.main, ["--checkpoint", str(trained["checkpoint"]), "--with", "glasses",
+                                 f"paths.results_dir={tmp_path}"])
+    assert "--with and --without need a conditional model" in capsys.readouterr().err
