@@ -120,16 +120,22 @@ def drawn_labels(names: list[str], train: ImageSplit, n: int, seed: int = 0, pre
     """n label rows (n, K) drawn with replacement from the training images whose labels are all known
     (and who have the `present` attributes and lack the `absent` ones): samples of a conditional model
     then follow the joint distribution of the training labels, given those."""
-    labels = labelled_rows(names, train)
+    labels = matching_rows(labelled_rows(names, train), names, present, absent)
+    return labels[np.random.default_rng(seed).integers(0, len(labels), n)]
+
+
+def matching_rows(rows: np.ndarray, names: list[str], present: Sequence[str] = (),
+                  absent: Sequence[str] = ()) -> np.ndarray:
+    """The label rows (N, K) with every `present` label 1 and every `absent` one 0."""
     for wanted, value in ((present, 1), (absent, 0)):
         for name in wanted:
             if name not in names:
                 raise UserError(f"{name} is not one of this model's labels ({', '.join(names)})")
-            labels = labels[labels[:, names.index(name)] == value]
-    if not len(labels):
+            rows = rows[rows[:, names.index(name)] == value]
+    if not len(rows):
         raise UserError(f"no training image has {' and '.join([*present, *(f'no {a}' for a in absent)])}: "
                         "ask for fewer attributes")
-    return labels[np.random.default_rng(seed).integers(0, len(labels), n)]
+    return rows
 
 
 def labelled_rows(names: list[str], train: ImageSplit) -> np.ndarray:

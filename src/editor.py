@@ -195,7 +195,8 @@ def create_app(model, cfg: Config, checkpoint: str | Path, align: bool, fitted: 
                 "align": align,
                 "attributes": names, "shown": first_shown(names), "methods": list(METHODS) + ([LABEL] if studio.fitted.attrs is not None and studio.fitted.attrs.conditioned
                                                 else []), "method": method,
-                "target": target, "samplers": [s for s in SAMPLERS if s != "gmm" or studio.fitted.gmm is not None],
+                "target": target, "labels": studio.fitted.attrs.conditioned if studio.fitted.attrs is not None else [],
+                "samplers": [s for s in SAMPLERS if s != "gmm" or studio.fitted.gmm is not None],
                 "dims": studio.fitted.dims, "traverse_range": TRAVERSE_RANGE, "notes": studio.fitted.notes,
                 "max_upload_bytes": MAX_UPLOAD_BYTES, "max_photo_pixels": MAX_PHOTO_PIXELS}
 

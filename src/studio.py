@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from src.attributes import held_out, resolve
-from src.conditioning import LabelledCodes, code_attributes, labelled_rows
+from src.conditioning import LabelledCodes, code_attributes, labelled_rows, matching_rows
 from src.config import Config
 from src.dataset import load_split
 from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, LABEL, METHODS, LatentAttributes, slider_codes
@@ -114,6 +114,8 @@ class SampleRequest(BaseModel):
     temperature: float = Field(1.0, gt=0, le=3)
     seed: int = Field(0, ge=0, lt=2**32)
     n: int = Field(16, ge=1, le=MAX_SAMPLES)
+    present: list[str] = Field(default_factory=list, max_length=64)   # a conditional model: generate with...
+    absent: list[str] = Field(default_factory=list, max_length=64)    # ... and without
 
 
 class PickRequest(SampleRequest):
@@ -180,10 +182,15 @@ class Studio:
             raise UserError("the GMM sampler needs the training data, which this server could not read; use prior")
         codes = latent_codes(request.sampler, request.n, self.model.latent_dim, request.seed, self.fitted.gmm,
                              request.temperature)
-        rows = self.fitted.label_rows
-        if rows is not None and request.sampler == "prior":  # a conditional model: labels as in the training data
-            draws = np.random.default_rng(request.seed).integers(0, len(rows), request.n)
-            codes[:, -rows.shape[1]:] = torch.from_numpy(rows[draws])
+        rows, asked = self.fitted.label_rows, request.present or request.absent
+        if rows is None:
+            if asked:
+                raise UserError("generating with or without attributes needs a conditional model")
+            return codes
+        if request.sampler == "prior" or asked:  # labels as in the training data (that match the request)
+            rows = matching_rows(rows, self.fitted.attrs.conditioned, request.present, request.absent)
+            codes[:, -rows.shape[1]:] = torch.from_numpy(rows[np.random.default_rng(request.seed).integers(
+                0, len(rows), request.n)])
         return codes
 
     def generated(self, request: PickRequest) -> tuple[np.ndarray, dict]:

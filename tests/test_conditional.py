@@ -219,9 +219,9 @@ def test_the_editors_label_sliders_move_one_label_of_a_conditional_model_in_a_re
     from src.dataset import load_split
     from src.editing import DEFAULT_TARGET, slider_codes
     from src.editor import create_app
-    from src.studio import fit
+    from src.studio import SampleRequest, Studio, fit
     from tests.conftest import face_like_image, serving
-    from tests.test_editor import LOADED, MOVE, close, code_of, decoded, open_editor, shown, slider
+    from tests.test_editor import LOADED, MOVE, close, code_of, decoded, open_editor, pixels, shown, slider
     path = config_file(model={"conditional": ["glasses", "hat"]}, train={"epochs": 2})
     train.main(["--config", str(path)])
     vae, cfg, _, checkpoint = load_trained(None, str(path))
@@ -242,6 +242,16 @@ def test_the_editors_label_sliders_move_one_label_of_a_conditional_model_in_a_re
         column = fitted.attrs.label_column("glasses")
         assert expected[column] == 1 and np.array_equal(np.delete(expected, column), np.delete(code, column))
         assert close(shown(page, "edit-output"), decoded(model, expected))
+
+        page.click('nav .tab[data-tab="sample"]')  # generate with glasses: every sample's label says so
+        assert page.is_visible("#labels-row")
+        page.select_option("#present", ["glasses"])
+        page.click("#draw")
+        page.wait_for_function("() => document.querySelectorAll('#grid img').length === 16")
+        request = SampleRequest(sampler=info["samplers"][0], seed=0, n=16, present=["glasses"])
+        codes = Studio(model, cfg, fitted, align=False).codes(request).numpy()
+        assert (codes[:, column] == 1).all()
+        assert close(pixels(page.get_attribute("#grid img:first-child", "src")), decoded(model, codes[0]))
 
 
 def test_samples_with_and_without_attributes_take_their_labels_from_training_images_that_have_them(config_file,

@@ -164,8 +164,11 @@ function describeSliders() {
 
 // --------------------------------------------------------------------------- Sample, Morph, Traverse
 
+const chosen = (id) => [...$(id).selectedOptions].map((o) => o.value);
+
 function sampleRequest() {
-  return { sampler: $("sampler").value, temperature: Number($("temperature").value), seed: Number($("seed").value), n: 16 };
+  return { sampler: $("sampler").value, temperature: Number($("temperature").value), seed: Number($("seed").value), n: 16,
+           present: chosen("present"), absent: chosen("absent") };
 }
 
 async function drawSamples() {
@@ -213,6 +216,8 @@ async function start() {
   $("method").replaceChildren(...info.methods.map((m) => new Option(m, m, false, m === info.method)));
   $("amount").value = info.target;
   $("sampler").replaceChildren(...info.samplers.map((s) => new Option(s, s)));
+  $("labels-row").hidden = !info.labels.length;
+  for (const id of ["present", "absent"]) $(id).replaceChildren(...info.labels.map((l) => new Option(l, l)));
   $("dim").replaceChildren(...info.dims.map(([d, kl]) => new Option(kl === null ? `z[${d}]` : `z[${d}]  KL ${kl.toFixed(2)}`, d)));
   info.shown.forEach(addSlider);
   fillAttributeList();
