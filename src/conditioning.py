@@ -55,20 +55,25 @@ def condition_names(requested: list[str], train: ImageSplit, root: str) -> list[
     return list(requested)
 
 
-def labelled_sets(names: list[str], train: ImageSplit, val: ImageSplit) -> tuple[LabelledSet, LabelledSet]:
-    """(training set, validation set) with labels for `names`: see the module's docstring."""
+def labelled_sets(names: list[str], train: ImageSplit, val: ImageSplit, predicted: np.ndarray | None = None
+                  ) -> tuple[LabelledSet, LabelledSet]:
+    """(training set, validation set) with labels for `names`: see the module's docstring. predicted:
+    labels (N, K) for the training images whose own are missing (train.unlabelled=labeller); they
+    train, never validate."""
     all_labels, all_names = indicators(train)
     columns = [all_names.index(name) for name in names]
     labels = all_labels[:, columns]
-    usable = ~np.isnan(labels).any(axis=1) & ~held_out_mask(all_labels)
+    known = ~np.isnan(labels).any(axis=1) & ~held_out_mask(all_labels)
+    guessed = np.isnan(labels).any(axis=1) if predicted is not None else np.zeros(len(labels), dtype=bool)
+    labels = np.where(guessed[:, None], predicted if predicted is not None else 0, labels)
     val_labels = _labels_of(val, train, columns)
     if val_labels is not None:
-        rows = np.flatnonzero(usable)
+        rows = np.flatnonzero(known | guessed)
         validation = LabelledSet(val.images, val_labels, f"the val split ({len(val)} images)")
     else:
-        candidates = np.flatnonzero(usable)
+        candidates = np.flatnonzero(known)
         val_rows = candidates[VALIDATION_EVERY // 2::VALIDATION_EVERY]
-        rows = np.setdiff1d(candidates, val_rows)
+        rows = np.union1d(np.setdiff1d(candidates, val_rows), np.flatnonzero(guessed))
         validation = LabelledSet(train.images[val_rows], labels[val_rows].astype(np.float32),
                                  f"1 in {VALIDATION_EVERY} labelled training images ({len(val_rows)}; the val split "
                                  "has no labels)")
@@ -76,8 +81,9 @@ def labelled_sets(names: list[str], train: ImageSplit, val: ImageSplit) -> tuple
         raise ConfigError(f"model.conditional: too few images with all of {', '.join(names)} labelled "
                           f"({len(rows)} to train, {len(validation)} to validate)")
     training = LabelledSet(train.images[rows], labels[rows].astype(np.float32),
-                           f"{len(rows)} of {len(train)} training images (labelled, the judge's held-out tenth "
-                           "left out)")
+                           f"{len(rows)} of {len(train)} training images (labelled"
+                           f"{f', {guessed.sum()} of them by the labeller' if guessed.any() else ''}; the judge's "
+                           "held-out tenth left out)")
     return training, validation
 
 

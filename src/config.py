@@ -25,6 +25,7 @@ DATASETS = ("celeba", "folder", "synthetic")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 RECON_LOSSES = ("mse_sum", "gaussian")
 LR_SCHEDULES = ("exponential", "cosine")
+UNLABELLED = ("drop", "labeller")   # train.unlabelled: what a conditional model does with unlabelled images
 ALL_LABELS = "all"   # model.conditional=["all"]: every label of the training data (saved as their names)
 
 
@@ -70,6 +71,8 @@ class TrainConfig:
     beta: float = 1.2                    # weight of the KL term
     adversary: float = 0.0               # conditional: weight of a Fader-style adversary that keeps the labels
                                          # out of the codes (src/adversary.py); 0 = off
+    unlabelled: str = "drop"             # conditional: training images without labels are left out (drop) or
+                                         # take the labeller's (labeller)
     recon_loss: str = "mse_sum"          # mse_sum (the baseline's) | gaussian (calibrated sigma, loss in nats)
     sigma_min: float = 0.0025            # gaussian: soft floor on the calibrated sigma (sigma-VAE: exp(-6) = 0.00248)
     grad_clip: float = 1.0               # max gradient norm; 0 disables clipping
@@ -195,6 +198,7 @@ def check_values(cfg: Config) -> None:
         (t.lr > 0, "train.lr", "greater than 0"),
         (0 < t.lr_gamma <= 1, "train.lr_gamma", "in (0, 1]"),
         (t.beta >= 0, "train.beta", "0 or more"),
+        (t.unlabelled in UNLABELLED, "train.unlabelled", f"one of {', '.join(UNLABELLED)}"),
         (t.adversary >= 0 and (t.adversary == 0 or bool(m.conditional)), "train.adversary",
          "0, or more when model.conditional names labels (it keeps them out of the codes)"),
         (t.recon_loss in RECON_LOSSES, "train.recon_loss", f"one of {', '.join(RECON_LOSSES)}"),

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from src.adversary import make_adversary
 from src.batches import Batches
 from src.checkpoint import load_checkpoint, save_checkpoint
-from src.conditioning import condition_names, labelled_sets
+from src.conditioning import condition_names, image_labels, labelled_sets
 from src.config import ALL_LABELS, Config
 from src.dataset import ImageSplit, load_split
 from src.device import choose_bf16
@@ -104,7 +104,9 @@ def start_run(cfg: Config, resume: bool = False) -> Run:
         cfg.model.conditional = condition_names(cfg.model.conditional, train_set, cfg.data.root)
         if saved:
             check_resumable(saved, cfg, world_size, last_path)
-        labelled, validation = labelled_sets(cfg.model.conditional, train_set, val_set)
+        predicted = image_labels(train_set.images, cfg.model.conditional, train_set, cfg.data.cache_dir, device) \
+            if t.unlabelled == "labeller" else None
+        labelled, validation = labelled_sets(cfg.model.conditional, train_set, val_set, predicted)
         train_set = replace(train_set, images=labelled.images, names=[], attributes=None)
         val_set = replace(val_set, images=validation.images, names=[], attributes=None)
         train_y, val_y = labelled.labels, validation.labels

@@ -32,6 +32,18 @@ def test_training_uses_labelled_images_but_the_judges_held_out_tenth_and_validat
     assert len(validation) == 4 and len(training) == 45 and training.labels.shape == (45, 2)
 
 
+def test_predicted_labels_let_unlabelled_images_train_but_never_validate():
+    labels = np.tile([[1.0, 0.0], [0.0, 1.0]], (30, 1))
+    labels[50:] = np.nan
+    predicted = np.full((60, 1), 1.0, dtype=np.float32)
+    training, validation = labelled_sets(["b"], split(60, labels), split(8, np.full((8, 2), np.nan)), predicted)
+    ids = set(training.images[:, 0, 0, 0])
+    assert set(range(50, 60)) <= ids and not set(validation.images[:, 0, 0, 0]) & set(range(50, 60))
+    assert not ids & set(range(0, 50, 10)) and "10 of them by the labeller" in training.description
+    guessed = training.images[:, 0, 0, 0] >= 50
+    assert (training.labels[guessed, 0] == 1).all()
+
+
 def test_the_labels_are_named_checked_and_all_means_every_one():
     labelled = split(4, np.zeros((4, 2)))
     assert condition_names(["all"], labelled, "root") == ["a", "b"]
@@ -278,3 +290,12 @@ def test_with_on_an_unconditional_model_is_a_one_line_error(trained, tmp_path, c
         run_cli(inference.main, ["--checkpoint", str(trained["checkpoint"]), "--with", "glasses",
                                  f"paths.results_dir={tmp_path}"])
     assert "--with and --without need a conditional model" in capsys.readouterr().err
+
+
+def test_a_partly_labelled_celeba_trains_with_the_labellers_labels(tmp_path, config_file, capsys):
+    make_celeba(tmp_path / "celeba", counts=(30, 4, 4), attributes_for=20)  # 10 training images unlabelled
+    path = config_file(data={"dataset": "celeba", "root": str(tmp_path / "celeba")},
+                       model={"conditional": ["Smiling"]}, train={"unlabelled": "labeller"})
+    train.main(["--config", str(path)])
+    out = capsys.readouterr().out
+    assert "10 of them by the labeller" in out and "1 in 20 labelled training images" in out
