@@ -299,3 +299,13 @@ def test_a_partly_labelled_celeba_trains_with_the_labellers_labels(tmp_path, con
     train.main(["--config", str(path)])
     out = capsys.readouterr().out
     assert "10 of them by the labeller" in out and "1 in 20 labelled training images" in out
+
+
+def test_exporting_a_conditional_model_is_refused_in_one_line(config_file, tmp_path, capsys):
+    from tools import export_model
+    path = config_file(model={"conditional": ["glasses"]})
+    train.main(["--config", str(path)])
+    with pytest.raises(SystemExit):
+        run_cli(export_model.main, ["--config", str(path), "--out", str(tmp_path / "c.pt")])
+    assert "is a conditional model: exporting one is not supported yet" in capsys.readouterr().err
+    assert not (tmp_path / "c.pt").exists()

@@ -23,6 +23,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="the file to write, e.g. pretrained/celeba64.pt")
     args = parser.parse_args(argv)
     model, cfg, state, checkpoint = trained_model(args)
+    if model.conditions:
+        raise UserError(f"{checkpoint} is a conditional model: exporting one is not supported yet (the file would "
+                        "need its labeller too); export an unconditional checkpoint")
     fitted = fit(model, cfg, checkpoint)
     if fitted.attrs is None or fitted.gmm is None:
         raise UserError(f"cannot export without the training data and its labels: {' '.join(fitted.notes)}")
