@@ -148,9 +148,13 @@ class EditPlan:
     keep: Sequence[str] | None = None
     labels: Sequence[str] = ()           # a conditional model's labels (its codes are [z | y])
 
+    def kept(self, name: str, edited_names: Sequence[str]) -> tuple[str, ...]:
+        """What a conditional edit of `name` keeps: --keep, else the other edited attributes."""
+        return tuple(k for k in (self.keep if self.keep is not None else edited_names) if k != name)
+
     def edit(self, name: str, edited_names: Sequence[str]) -> Edit:
         """The edit the figures show for attribute `name`."""
-        keep = tuple(k for k in (self.keep if self.keep is not None else edited_names) if k != name)
+        keep = self.kept(name, edited_names)
         if self.method == LABEL:
             return Edit(LABEL, strength=self.strength or 1.0)
         if self.strength is not None:
@@ -164,7 +168,8 @@ class EditPlan:
         edits = {"mean, strength 1": Edit("mean", 1.0),
                  f"mean to p={self.target:g}": Edit("mean", None, self.target),
                  f"normal to p={self.target:g}": Edit("normal", None, self.target),
-                 f"conditional to p={self.target:g}": Edit("conditional", None, self.target, shown.keep)}
+                 f"conditional to p={self.target:g}": Edit("conditional", None, self.target,
+                                                           self.kept(name, edited_names))}
         if name in self.labels:  # a conditional model: its own label, at its value and past it
             edits |= {f"label to {s:g}": Edit(LABEL, s) for s in LABEL_STRENGTHS}
         if shown not in edits.values():

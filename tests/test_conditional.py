@@ -309,3 +309,12 @@ def test_exporting_a_conditional_model_is_refused_in_one_line(config_file, tmp_p
         run_cli(export_model.main, ["--config", str(path), "--out", str(tmp_path / "c.pt")])
     assert "is a conditional model: exporting one is not supported yet" in capsys.readouterr().err
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_the_judged_conditional_direction_keeps_the_other_attributes_whatever_the_figure_shows():
+    from src.showcase import EditPlan
+    for method in ("label", "mean", "conditional"):
+        plan = EditPlan(method, 0.999, None, None, labels=["a", "b"])
+        compared = plan.compared("a", ["a", "b"])
+        assert compared["conditional to p=0.999"].keep == ("b",)
+        assert {"label to 1", "label to 2"} <= set(compared)
