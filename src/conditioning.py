@@ -63,9 +63,11 @@ def labelled_sets(names: list[str], train: ImageSplit, val: ImageSplit, predicte
     all_labels, all_names = indicators(train)
     columns = [all_names.index(name) for name in names]
     labels = all_labels[:, columns]
-    known = ~np.isnan(labels).any(axis=1) & ~held_out_mask(all_labels)
-    guessed = np.isnan(labels).any(axis=1) if predicted is not None else np.zeros(len(labels), dtype=bool)
-    labels = np.where(guessed[:, None], predicted if predicted is not None else 0, labels)
+    missing, held = np.isnan(labels).any(axis=1), held_out_mask(all_labels)
+    known, guessed = ~missing & ~held, np.zeros(len(labels), dtype=bool)
+    if predicted is not None:  # the judge's held-out images stay out, whatever labels they lack
+        guessed = missing & ~held
+        labels = np.where(guessed[:, None], predicted, labels)
     val_labels = _labels_of(val, train, columns)
     if val_labels is not None:
         rows = np.flatnonzero(known | guessed)

@@ -42,6 +42,9 @@ def test_predicted_labels_let_unlabelled_images_train_but_never_validate():
     assert not ids & set(range(0, 50, 10)) and "10 of them by the labeller" in training.description
     guessed = training.images[:, 0, 0, 0] >= 50
     assert (training.labels[guessed, 0] == 1).all()
+    labels[0, 1] = np.nan  # the judge's first held-out image lacks "b": predicted labels do not bring it in
+    training, _ = labelled_sets(["b"], split(60, labels), split(8, np.full((8, 2), np.nan)), predicted)
+    assert 0 not in set(training.images[:, 0, 0, 0])
 
 
 def test_the_labels_are_named_checked_and_all_means_every_one():
