@@ -221,6 +221,14 @@ def edited(codes: np.ndarray, attrs: LatentAttributes, name: str, how: Edit, add
     return codes + step[:, None] * d
 
 
+def lacks(codes: np.ndarray, attrs: LatentAttributes, name: str, method: str) -> np.ndarray:
+    """Which faces (N,) lack `name`, so that an edit adds it: a label edit reads each face's own label in
+    y, a direction edit the latent classifier on z."""
+    if method == LABEL:
+        return codes[:, attrs.label_column(name)] < 0.5
+    return attrs.logits(name, codes) < 0
+
+
 def sweep(codes: np.ndarray, attrs: LatentAttributes, name: str, how: Edit, steps: int
           ) -> tuple[np.ndarray, list[str]]:
     """Codes (N, steps, D) for a figure and their column labels: strengths from -S to +S, or target

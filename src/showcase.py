@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from src.attributes import HeldOut, indicators
 from src.config import Config
 from src.dataset import ImageSplit, load_split
-from src.editing import LABEL, RELIABLE_ACCURACY, Edit, LatentAttributes, edited, score_edits, sweep
+from src.editing import LABEL, RELIABLE_ACCURACY, Edit, LatentAttributes, edited, lacks, score_edits, sweep
 from src.errors import DataError
 from src.faces import Face, describe, model_input, open_photo, small_face_warning
 from src.figures import labelled_grid, save_image_grid, sweep_gif
@@ -189,8 +189,8 @@ def write_edits(model, names: list[str], attrs: LatentAttributes, images: torch.
         edited_images = decode(model, torch.from_numpy(codes).float())  # (rows, steps, 3, S, S)
         rows = torch.cat([images[:, None], recon[:, None], edited_images], dim=1)
         with_it, without = attrs.counts[attrs.index(name)]
-        blocks.append((f"{name}: {how.describe()}  ({source}; fitted on {with_it} training images with it, "
-                       f"{without} without)", rows, []))
+        fitted = "" if how.method == LABEL else f"; fitted on {with_it} training images with it, {without} without"
+        blocks.append((f"{name}: {how.describe()}  ({source}{fitted})", rows, []))
         if strips is None:
             strips = [torch.stack([images[0], edited_images[0, i]]) for i in range(edited_images.shape[1])]
     columns = ["original", "reconstruction", *columns]
@@ -205,7 +205,7 @@ def write_photo_edits(model, photos: Photos, names: list[str], attrs: LatentAttr
     mu = posterior_means(model, inputs).double().numpy()
     columns, edits = [], []
     for name in names:
-        add = attrs.logits(name, mu) < 0  # the latent classifier says the face lacks it
+        add = lacks(mu, attrs, name, plan.method)
         edits.append(decode(model, torch.from_numpy(edited(mu, attrs, name, plan.edit(name, names), add)).float()))
         columns.append(f"{'+' if add.all() else '-' if not add.any() else '+/-'}{name}")
     side = PHOTO_PANEL
