@@ -71,6 +71,8 @@ class TrainConfig:
     beta: float = 1.2                    # weight of the KL term
     adversary: float = 0.0               # conditional: weight of a Fader-style adversary that keeps the labels
                                          # out of the codes (src/adversary.py); 0 = off
+    label_loss: float = 0.0              # conditional: weight of the labeller's cross-entropy on faces decoded with
+                                         # another image's labels (src/label_loss.py); 0 = off
     unlabelled: str = "drop"             # conditional: training images without labels are left out (drop) or
                                          # take the labeller's (labeller)
     recon_loss: str = "mse_sum"          # mse_sum (the baseline's) | gaussian (calibrated sigma, loss in nats)
@@ -201,6 +203,8 @@ def check_values(cfg: Config) -> None:
         (t.unlabelled in UNLABELLED, "train.unlabelled", f"one of {', '.join(UNLABELLED)}"),
         (t.adversary >= 0 and (t.adversary == 0 or bool(m.conditional)), "train.adversary",
          "0, or more when model.conditional names labels (it keeps them out of the codes)"),
+        (t.label_loss >= 0 and (t.label_loss == 0 or bool(m.conditional)), "train.label_loss",
+         "0, or more when model.conditional names labels (it teaches the decoder to draw them)"),
         (t.recon_loss in RECON_LOSSES, "train.recon_loss", f"one of {', '.join(RECON_LOSSES)}"),
         (0 < t.sigma_min < 1, "train.sigma_min", "in (0, 1)"),
         (t.grad_clip >= 0, "train.grad_clip", "0 (off) or more"),

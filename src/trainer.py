@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from src.adversary import make_adversary
+from src.attributes import indicators
 from src.batches import Batches
 from src.checkpoint import load_checkpoint, save_checkpoint
 from src.conditioning import condition_names, image_labels, labelled_sets
@@ -32,6 +33,8 @@ from src.errors import ConfigError, NumericalError
 from src.figures import save_image_grid
 from src.files import atomic_json, ensure_writable_dir
 from src.interrupts import Interrupts
+from src.judge import trained_judge
+from src.label_loss import frozen
 from src.model import ConvVAE, bits_per_dim, build_model
 from src.resume import ResumeRefused, check_resumable, checkpoint_state, restore
 from src.rng import seed_everything
@@ -72,6 +75,7 @@ class Run:
     sample_y: torch.Tensor | None = None  # and a conditional model's labels for it (the first training images')
     conditioning: str = ""               # a conditional model: its labels and images, in words
     adversary: tuple | None = None       # (LatentAdversary, its optimizer) with train.adversary > 0
+    labeller: tuple | None = None        # (frozen labeller, the labels' columns) with train.label_loss > 0
 
     @property
     def master(self) -> bool:
@@ -99,20 +103,23 @@ def start_run(cfg: Config, resume: bool = False) -> Run:
         check_resumable(saved, cfg, world_size, last_path)
     with local_rank_zero_first(local_rank):
         train_set, val_set = load_split(cfg, "train"), load_split(cfg, "val")
-    train_y, val_y, conditioning = None, None, ""
+    train_y, val_y, conditioning, labeller = None, None, "", None
     if cfg.model.conditional:  # a conditional VAE: its labelled images, the names saved with the model
         cfg.model.conditional = condition_names(cfg.model.conditional, train_set, cfg.data.root)
         if saved:
             check_resumable(saved, cfg, world_size, last_path)
         predicted = image_labels(train_set.images, cfg.model.conditional, train_set, cfg.data.cache_dir, device) \
             if t.unlabelled == "labeller" else None
+        if t.label_loss > 0:
+            labeller = swapped_label_reader(cfg, train_set, device, world_size)
         labelled, validation = labelled_sets(cfg.model.conditional, train_set, val_set, predicted)
         train_set = replace(train_set, images=labelled.images, names=[], attributes=None)
         val_set = replace(val_set, images=validation.images, names=[], attributes=None)
         train_y, val_y = labelled.labels, validation.labels
         conditioning = (f"conditional on {len(cfg.model.conditional)} labels ({cfg.model.condition}"
                         f"{', encoder too' if cfg.model.condition_encoder else ''}"
-                        f"{f', adversary {t.adversary}' if t.adversary else ''}): trains on {labelled.description}, "
+                        f"{f', adversary {t.adversary}' if t.adversary else ''}"
+                        f"{f', label loss {t.label_loss}' if t.label_loss else ''}): trains on {labelled.description}, "
                         f"validates on {validation.description}")
     if saved and saved.get("data_id") and saved["data_id"] != train_set.data_id:
         raise ResumeRefused(f"{last_path} was trained on other images (different files or preprocessing); "
@@ -129,7 +136,7 @@ def start_run(cfg: Config, resume: bool = False) -> Run:
     scheduler, per_step = make_scheduler(optimizer, t, len(train_batches))
     run = Run(cfg, rank, world_size, device, amp, amp_reason, train_set, val_set, train_batches, val_batches,
               raw_model, raw_model, optimizer, scheduler, per_step, make_ema(raw_model, t.ema_decay), None,
-              last_path, best_path, results_dir, saved, conditioning=conditioning)
+              last_path, best_path, results_dir, saved, conditioning=conditioning, labeller=labeller)
     if t.adversary > 0:
         if world_size > 1:
             raise ConfigError("train.adversary is not supported with several processes yet; train on one, or set "
@@ -142,6 +149,17 @@ def start_run(cfg: Config, resume: bool = False) -> Run:
     if run.start_epoch < t.epochs:
         _finish_setup(run)
     return run
+
+
+def swapped_label_reader(cfg: Config, train_set: ImageSplit, device: torch.device, world_size: int) -> tuple:
+    """train.label_loss's labeller, frozen, and where the model's labels sit among its outputs."""
+    if world_size > 1:
+        raise ConfigError("train.label_loss is not supported with several processes yet; train on one, or set "
+                          "train.label_loss=0")
+    labels, names = indicators(train_set)
+    labeller = trained_judge(train_set.images, labels, names, train_set.data_id, cfg.data.cache_dir, device,
+                             role="labeller")
+    return frozen(labeller), [names.index(name) for name in cfg.model.conditional]
 
 
 def _finish_setup(run: Run) -> None:
@@ -292,7 +310,8 @@ def train_epoch(run: Run, epoch: int, sums: torch.Tensor, interrupts: Interrupts
         x, y = batch if batches.labels is not None else (batch, None)
         n = len(x)  # a Python int: torch.tensor(n, device=cuda) would be a blocking copy each step
         with timed(n, "train step"):  # on the CPU a step is done when train_step returns
-            total, recon, kl, grad_norm = train_step(run.model, run.optimizer, x, t, run.amp, y, run.adversary)
+            total, recon, kl, grad_norm = train_step(run.model, run.optimizer, x, t, run.amp, y, run.adversary,
+                                                       run.labeller)
             _after_step(run)
         sums += torch.stack([total * n, recon * n, kl * n, grad_norm, torch.ones_like(total) * n])
         finite.update(steps, total, grad_norm)

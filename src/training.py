@@ -10,18 +10,24 @@ from src.adversary import adversary_step, fooling_loss
 from src.batches import Batches
 from src.config import TrainConfig
 from src.distributed import all_reduce
+from src.label_loss import swapped_label_loss
 from src.model import ConvVAE, vae_loss
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, t: TrainConfig,
-               amp: bool, y: torch.Tensor | None = None, adversary: tuple | None = None) -> tuple[torch.Tensor, ...]:
+               amp: bool, y: torch.Tensor | None = None, adversary: tuple | None = None,
+               labeller: tuple | None = None) -> tuple[torch.Tensor, ...]:
     """One optimisation step (y: the labels of a conditional model; adversary: its (LatentAdversary,
-    optimizer), src/adversary.py); (total, recon, kl, gradient norm before clipping), left on the
-    device. total is the VAE's loss, without the adversary's term."""
+    optimizer), src/adversary.py; labeller: (frozen labeller, label columns), src/label_loss.py);
+    (total, recon, kl, gradient norm before clipping), left on the device. total is the VAE's loss,
+    without the adversary's and the labeller's terms."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         x_hat, mu, logvar = model(x) if y is None else model(x, y)
+        swapped = None if labeller is None else swapped_label_loss(model, *labeller, mu, y)
     total, recon, kl = vae_loss(x_hat, x, mu, logvar, t.beta, t.recon_loss, t.sigma_min)
     loss = total if adversary is None else total + t.adversary * fooling_loss(adversary[0], mu, y)
+    if swapped is not None:
+        loss = loss + t.label_loss * swapped
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)

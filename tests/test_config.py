@@ -11,7 +11,7 @@ from src.errors import ConfigError
 ADDED_SINCE_THE_SPECIFICATION = {
     "data": {"align"},
     "model": {"upsample", "decoder_dims", "res_blocks", "conditional", "condition", "condition_encoder"},
-    "train": {"threads", "lr_schedule", "warmup_steps", "ema_decay", "adversary", "unlabelled"}}
+    "train": {"threads", "lr_schedule", "warmup_steps", "ema_decay", "adversary", "label_loss", "unlabelled"}}
 
 
 def test_config_json_is_the_baseline_with_the_schema_defaults():
