@@ -188,7 +188,7 @@ def test_a_conditional_model_seen_through_its_codes_encodes_mu_and_the_labellers
 
 
 def test_a_label_edit_changes_only_the_chosen_label_and_directions_leave_the_labels_alone():
-    from src.editing import LABEL, Edit, LatentAttributes, edited, slider_codes, sweep
+    from src.editing import LABEL, Edit, LatentAttributes, edited, lacks, slider_codes, sweep
     rng = np.random.default_rng(0)
     plain = LatentAttributes(["Smiling", "Male"], rng.normal(size=(2, 4)), np.array([[5, 5], [5, 5]]),
                              rng.normal(size=(2, 4)), np.zeros(2))
@@ -201,6 +201,7 @@ def test_a_label_edit_changes_only_the_chosen_label_and_directions_leave_the_lab
     assert np.array_equal(moved[:, 4:], codes[:, 4:]) and not np.allclose(moved[:, :4], codes[:, :4])
     swept, columns = sweep(codes, attrs, "Male", Edit(LABEL, strength=1.0), 3)
     assert swept.shape == (3, 3, 6) and np.allclose(swept[0, :, 5], [0, 0.5, 1]) and columns[-1] == "y = 1.00"
+    assert np.array_equal(lacks(codes, attrs, "Male", LABEL), [False, True, True])  # its own label, not z's reading
     half = slider_codes(codes, attrs, {"Male": 0.5}, LABEL)
     assert np.allclose(half[:, 5], [1, 0.5, 0.5]) and np.array_equal(half[:, :5], codes[:, :5])
     with pytest.raises(UserError, match="Eyeglasses is not one of this model's labels"):
@@ -321,3 +322,43 @@ def test_the_judged_conditional_direction_keeps_the_other_attributes_whatever_th
         compared = plan.compared("a", ["a", "b"])
         assert compared["conditional to p=0.999"].keep == ("b",)
         assert {"label to 1", "label to 2"} <= set(compared)
+
+
+def test_the_label_loss_reads_faces_drawn_with_other_labels_and_trains_only_the_vae():
+    from src.judge import Judge
+    from src.label_loss import frozen, swapped_label_loss
+    from src.model import ConvVAE
+    torch.manual_seed(0)
+    vae, labeller = ConvVAE(latent_dim=4, hidden_dims=[8, 16], image_size=16, conditions=2), frozen(Judge(5))
+    before = {k: v.clone() for k, v in labeller.state_dict().items()}
+    mu, y = torch.randn(6, 4), torch.tensor([[0, 1], [1, 0], [1, 1], [0, 0], [1, 0], [0, 1]], dtype=torch.float32)
+    loss = swapped_label_loss(vae, labeller, [3, 1], mu, y)
+    loss.backward()
+    assert loss.item() > 0 and vae.decoder_input.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in labeller.parameters()) and not labeller.training
+    assert all(torch.equal(before[k], v) for k, v in labeller.state_dict().items())
+
+
+def test_a_run_with_the_label_loss_trains_beside_its_cached_labeller(config_file, capsys):
+    from src.config import load_config
+    path = config_file(model={"conditional": ["glasses", "hat"]}, train={"epochs": 1, "label_loss": 10.0})
+    train.main(["--config", str(path)])
+    out = capsys.readouterr().out
+    assert "label loss 10.0" in out and "training the attribute labeller" in out
+    assert all(np.isfinite(h["val_total"]) for h in load_trained(None, str(path)).state["history"])
+    with pytest.raises(ConfigError, match="'train.label_loss' must be 0, or more when model.conditional"):
+        load_config(path, ["model.conditional=[]"])
+
+
+def test_the_docs_figure_edits_the_same_faces_by_label_and_by_direction(config_file, tmp_path, capsys):
+    from PIL import Image
+
+    from tools import label_vs_direction
+    path = config_file(model={"conditional": ["glasses", "hat"]}, train={"epochs": 1})
+    train.main(["--config", str(path)])
+    label_vs_direction.main(["--config", str(path), "--edit", "hat", "glasses", "--n", "2"])
+    figure = tmp_path / "results" / "label_vs_direction.png"
+    assert "wrote" in capsys.readouterr().out and Image.open(figure).size[1] > Image.open(figure).size[0]
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(label_vs_direction.main, ["--config", str(path), "--edit", "smile"])
+    assert stopped.value.code == 2 and "smile" in capsys.readouterr().err
