@@ -108,9 +108,10 @@ def test_the_adversary_learns_to_read_labels_from_codes():
     assert label_loss(adversary, mu, y).item() < 0.2 * before
 
 
-def test_a_run_with_an_adversary_saves_it_and_resumes_exactly(tmp_path, config_file):
+def test_a_run_with_an_adversary_and_the_label_loss_saves_it_and_resumes_exactly(tmp_path, config_file):
     from src.config import load_config
-    path = config_file(model={"conditional": ["glasses", "hat"]}, train={"epochs": 2, "adversary": 5.0})
+    path = config_file(model={"conditional": ["glasses", "hat"]}, train={"epochs": 2, "adversary": 5.0,
+                                                                          "label_loss": 1.0})
     straight = load_config(path)
     train.main(["--config", str(path)])
     first = torch.load(f"{straight.paths.checkpoint_dir}/last_vae.pth", weights_only=False)
