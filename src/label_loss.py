@@ -7,12 +7,18 @@ so every label row is a real combination), and the labeller must read those labe
 drawn: the loss gains train.label_loss x its cross-entropy, summed over the labels and averaged over
 the images. The labeller is src/judge.py's network trained with another seed on the labelled training
 images outside the judge's held-out tenth, frozen; the judge that scores edits is a different network.
+The labeller reads the faces blurred (sigma BLUR_SIGMA pixels at 64 px): a fixed classifier is easily
+fooled by fine pixel patterns that show no attribute, and a blur takes those away but not a hat.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 from src.judge import Judge
+
+BLUR_SIGMA = 1.0
 
 
 def frozen(labeller: Judge) -> Judge:
@@ -22,8 +28,11 @@ def frozen(labeller: Judge) -> Judge:
 
 def swapped_label_loss(model: torch.nn.Module, labeller: Judge, columns: list[int], mu: torch.Tensor,
                        y: torch.Tensor) -> torch.Tensor:
-    """The labeller's cross-entropy against the labels y[perm] of faces decoded from (mu, y[perm]);
+    """The labeller's cross-entropy against the labels y[perm] of faces decoded from (mu, y[perm]), blurred;
     `columns`: where the model's labels sit among the labeller's outputs."""
+    from torchvision.transforms.functional import gaussian_blur  # a second to import: only when training with it
     target = y[torch.randperm(len(y), device=y.device)]
-    logits = labeller(model.decode(mu, target).float())[:, columns]
+    faces = model.decode(mu, target).float()
+    sigma = BLUR_SIGMA * faces.shape[-1] / 64
+    logits = labeller(gaussian_blur(faces, kernel_size=2 * math.ceil(2 * sigma) + 1, sigma=sigma))[:, columns]
     return F.binary_cross_entropy_with_logits(logits, target.float(), reduction="sum") / len(mu)
