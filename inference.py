@@ -65,7 +65,7 @@ from src.cli import argument_parser, trained_model
 from src.conditioning import LabelledCodes, code_attributes, drawn_labels, labelled_codes
 from src.config import Config
 from src.dataset import ImageSplit, load_split
-from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, LABEL, METHODS
+from src.editing import DEFAULT_METHOD, DEFAULT_TARGET, LABEL, LABEL_STRENGTH, METHODS
 from src.errors import DataError, UserError, run_cli
 from src.faces import NoFaceFound, trained_on_aligned_faces
 from src.files import ensure_writable_dir
@@ -120,7 +120,7 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--method", choices=(*METHODS, LABEL), default=DEFAULT_METHOD,
                         help="edit direction: mean difference, the latent classifier's normal, or that normal with "
                              f"the --keep attributes' normals projected out (default {DEFAULT_METHOD}); label: a "
-                             "conditional model's label, set to --strength S (default 1) or 1 - S")
+                             f"conditional model's label, set to --strength S (default {LABEL_STRENGTH:g}) or 1 - S")
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET,
                         help="move each face until the latent classifier gives this probability of the attribute "
                              f"(1 - P to remove it; default {DEFAULT_TARGET}); the figure runs from 1 - P to P")

@@ -35,6 +35,8 @@ from src.latent import decode, encode
 
 METHODS = ("mean", "normal", "conditional")
 LABEL = "label"              # a conditional model's edit: set the attribute's label in y (src/latent.py's codes)
+LABEL_STRENGTH = 2.0         # a label edit's default value: past the labels' 1, chosen by measurement
+                             # (docs/experiments/conditional-screen.md)
 DEFAULT_METHOD, DEFAULT_TARGET = "conditional", 0.999   # chosen by measurement: docs/experiments/edits.md
 RELIABLE_ACCURACY = 0.85     # preservation counts the attributes the judge reads at least this accurately
 CLASSIFIER_C = 1.0           # inverse L2 strength of the latent logistic regressions (scikit-learn's default)
@@ -260,7 +262,7 @@ def slider_codes(codes: np.ndarray, attrs: LatentAttributes, values: dict[str, f
     add up; the conditional method keeps the other sliders' attributes (their classifiers do not
     move), so every attribute ends where its own slider says whatever the others do. The label method
     (a conditional model) moves the label the fraction |v| of the way from the face's own to S or
-    1 - S (S = strength, default 1), and nothing else."""
+    1 - S (S = strength, default LABEL_STRENGTH), and nothing else."""
     moved = codes.astype(np.float64, copy=True)
     for name, v in values.items():
         if not -1 <= v <= 1:
@@ -268,7 +270,8 @@ def slider_codes(codes: np.ndarray, attrs: LatentAttributes, values: dict[str, f
         if v == 0:
             continue
         if method == LABEL:  # from the face's own label to S (v = 1) or to 1 - S (v = -1)
-            column, end = attrs.label_column(name), (strength or 1.0) if v > 0 else 1 - (strength or 1.0)
+            s = strength or LABEL_STRENGTH
+            column, end = attrs.label_column(name), s if v > 0 else 1 - s
             moved[:, column] += abs(v) * (end - codes[:, column])
             continue
         d = direction(attrs, name, method, tuple(k for k in values if k != name))

@@ -17,7 +17,17 @@ from PIL import Image, ImageDraw
 from src.attributes import HeldOut, indicators
 from src.config import Config
 from src.dataset import ImageSplit, load_split
-from src.editing import LABEL, RELIABLE_ACCURACY, Edit, LatentAttributes, edited, lacks, score_edits, sweep
+from src.editing import (
+    LABEL,
+    LABEL_STRENGTH,
+    RELIABLE_ACCURACY,
+    Edit,
+    LatentAttributes,
+    edited,
+    lacks,
+    score_edits,
+    sweep,
+)
 from src.errors import DataError
 from src.faces import Face, describe, model_input, open_photo, small_face_warning
 from src.figures import labelled_grid, save_image_grid, sweep_gif
@@ -27,7 +37,7 @@ from src.judge import accuracy, trained_judge
 from src.latent import TRAVERSE_RANGE, decode, dims_by_kl, encode, morph_rows, posterior_means, traversal_codes
 
 RECON_IMAGES, RECON_ROW = 16, 8      # reconstructions.png: 2 blocks of 8
-LABEL_STRENGTHS = (1.0, 2.0)         # label edits judged: to the label's value, and past it
+LABEL_STRENGTHS = (1.0, 2.0, 3.0)    # label edits judged: to the label's value, and past it
 EDIT_JUDGE_IMAGES = 1000             # at most this many held-out images per attribute for edits.json
 PHOTO_PANEL = 192                    # pixels per image in photo_edits.png
 
@@ -156,7 +166,7 @@ class EditPlan:
         """The edit the figures show for attribute `name`."""
         keep = self.kept(name, edited_names)
         if self.method == LABEL:
-            return Edit(LABEL, strength=self.strength or 1.0)
+            return Edit(LABEL, strength=self.strength or LABEL_STRENGTH)
         if self.strength is not None:
             return Edit(self.method, strength=self.strength, keep=keep)
         return Edit(self.method, strength=None, target=self.target, keep=keep)

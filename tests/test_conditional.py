@@ -203,7 +203,7 @@ def test_a_label_edit_changes_only_the_chosen_label_and_directions_leave_the_lab
     swept, columns = sweep(codes, attrs, "Male", Edit(LABEL, strength=1.0), 3)
     assert swept.shape == (3, 3, 6) and np.allclose(swept[0, :, 5], [0, 0.5, 1]) and columns[-1] == "y = 1.00"
     assert np.array_equal(lacks(codes, attrs, "Male", LABEL), [False, True, True])  # its own label, not z's reading
-    half = slider_codes(codes, attrs, {"Male": 0.5}, LABEL)
+    half = slider_codes(codes, attrs, {"Male": 0.5}, LABEL, strength=1.0)
     assert np.allclose(half[:, 5], [1, 0.5, 0.5]) and np.array_equal(half[:, :5], codes[:, :5])
     with pytest.raises(UserError, match="Eyeglasses is not one of this model's labels"):
         edited(codes, attrs, "Eyeglasses", Edit(LABEL))
@@ -234,7 +234,7 @@ def test_the_editors_label_sliders_move_one_label_of_a_conditional_model_in_a_re
 
     from src.conditioning import labelled_codes
     from src.dataset import load_split
-    from src.editing import DEFAULT_TARGET, slider_codes
+    from src.editing import DEFAULT_TARGET, LABEL_STRENGTH, slider_codes
     from src.editor import create_app
     from src.studio import SampleRequest, Studio, fit
     from tests.conftest import face_like_image, serving
@@ -257,7 +257,7 @@ def test_the_editors_label_sliders_move_one_label_of_a_conditional_model_in_a_re
         values = {n: 0.0 for n in info["shown"]} | {"glasses": 1.0}
         expected = slider_codes(code[None], fitted.attrs, values, "label", DEFAULT_TARGET)[0]
         column = fitted.attrs.label_column("glasses")
-        assert expected[column] == 1 and np.array_equal(np.delete(expected, column), np.delete(code, column))
+        assert expected[column] == LABEL_STRENGTH and np.array_equal(np.delete(expected, column), np.delete(code, column))
         assert close(shown(page, "edit-output"), decoded(model, expected))
 
         page.click('nav .tab[data-tab="sample"]')  # generate with glasses: every sample's label says so
