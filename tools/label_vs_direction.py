@@ -9,7 +9,6 @@ face's label says it has it) by setting its label to --strength S (1 - S to remo
 conditional direction to --target P on the same code. Writes {paths.results_dir}/label_vs_direction.png.
 """
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +22,7 @@ from src.editing import DEFAULT_TARGET, LABEL, Edit, edited, lacks
 from src.errors import UserError, run_cli
 from src.faces import trained_on_aligned_faces
 from src.figures import labelled_grid
+from src.files import ensure_writable_dir
 from src.latent import decode, latent_codes, posterior_means, training_gmm
 from src.showcase import read_photos
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     train = load_split(cfg, "train")
     model = labelled_codes(model, cfg.model.conditional, train, cfg.data.cache_dir)
     names = resolve(args.edit, cfg.model.conditional)
-    bs, out_dir = cfg.train.batch_size, Path(cfg.paths.results_dir)
+    bs, out_dir = cfg.train.batch_size, ensure_writable_dir(cfg.paths.results_dir, "paths.results_dir")
     with torch.no_grad():
         gmm = training_gmm(model, checkpoint, train.images, train.data_id, cfg.data.cache_dir, bs, model.device)
         codes = latent_codes("gmm", args.n, model.latent_dim, args.seed, gmm).double().numpy()
