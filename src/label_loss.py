@@ -15,24 +15,26 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from src.judge import Judge
 
 BLUR_SIGMA = 1.0
 
 
-def frozen(labeller: Judge) -> Judge:
-    """The labeller as a fixed function: evaluation mode (its BatchNorm statistics), no gradients of its own."""
-    return labeller.eval().requires_grad_(False)
+def frozen(labeller: Judge, image_size: int = 64) -> nn.Module:
+    """The labeller as a fixed function of images that blurs them first: evaluation mode (its BatchNorm
+    statistics), no gradients of its own."""
+    from torchvision.transforms import GaussianBlur  # a second to import: only when training with it
+    sigma = BLUR_SIGMA * image_size / 64
+    blur = GaussianBlur(kernel_size=2 * math.ceil(2 * sigma) + 1, sigma=sigma)
+    return nn.Sequential(blur, labeller).eval().requires_grad_(False)
 
 
-def swapped_label_loss(model: torch.nn.Module, labeller: Judge, columns: list[int], mu: torch.Tensor,
+def swapped_label_loss(model: nn.Module, reader: nn.Module, columns: list[int], mu: torch.Tensor,
                        y: torch.Tensor) -> torch.Tensor:
-    """The labeller's cross-entropy against the labels y[perm] of faces decoded from (mu, y[perm]), blurred;
-    `columns`: where the model's labels sit among the labeller's outputs."""
-    from torchvision.transforms.functional import gaussian_blur  # a second to import: only when training with it
+    """The cross-entropy of reader (frozen()) against the labels y[perm] of faces decoded from
+    (mu, y[perm]); `columns`: where the model's labels sit among the labeller's outputs."""
     target = y[torch.randperm(len(y), device=y.device)]
-    faces = model.decode(mu, target).float()
-    sigma = BLUR_SIGMA * faces.shape[-1] / 64
-    logits = labeller(gaussian_blur(faces, kernel_size=2 * math.ceil(2 * sigma) + 1, sigma=sigma))[:, columns]
+    logits = reader(model.decode(mu, target).float())[:, columns]
     return F.binary_cross_entropy_with_logits(logits, target.float(), reduction="sum") / len(mu)

@@ -159,7 +159,7 @@ def swapped_label_reader(cfg: Config, train_set: ImageSplit, device: torch.devic
     labels, names = indicators(train_set)
     labeller = trained_judge(train_set.images, labels, names, train_set.data_id, cfg.data.cache_dir, device,
                              role="labeller")
-    return frozen(labeller), [names.index(name) for name in cfg.model.conditional]
+    return frozen(labeller, cfg.data.image_size), [names.index(name) for name in cfg.model.conditional]
 
 
 def _finish_setup(run: Run) -> None:
